@@ -1,0 +1,50 @@
+# gnebook: `make book` renders the book at the `book` profile, `make test` runs every check.
+# Both create .venv (Python 3.11) and install the pinned dependencies on first use.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export TQDM_DISABLE ?= 1
+export PYTHONHASHSEED := 0
+
+.PHONY: all venv book test unit smoke nbval render-smoke bench clean help
+
+help:
+	@echo "make book   - execute every chapter at the 'book' profile and render HTML (build/book/_build/html)"
+	@echo "make test   - unit tests, smoke execution, nbval re-execution, strict book build"
+	@echo "make clean  - remove build outputs (keeps .venv and data/)"
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[book,test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+book: $(STAMP)
+	$(BIN)/python tools/book.py execute --profile book
+	$(BIN)/python tools/book.py render --profile book
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest tests -q
+
+smoke: $(STAMP)
+	$(BIN)/python tools/book.py execute --profile smoke
+
+nbval: $(STAMP)
+	$(BIN)/python -m pytest -q --nbval --nbval-current-env \
+	  --nbval-sanitize-with tests/nbval_sanitize.cfg build/smoke/notebooks
+
+render-smoke: $(STAMP)
+	$(BIN)/python tools/book.py render --profile smoke
+
+test: $(STAMP)
+	$(MAKE) unit
+	$(MAKE) smoke
+	$(MAKE) nbval
+	$(MAKE) render-smoke
+
+clean:
+	rm -rf build

@@ -1,0 +1,136 @@
+"""Probes of how gradients travel: Jacobian spectral moments and per-layer gradient norms.
+
+:func:`jacobian_moments` estimates the first two normalised spectral moments of
+:math:`JJ^\\top` for the Jacobian :math:`J` of a block, the quantities block dynamical
+isometry is stated in (Chen et al. 2020, Definition 1):
+
+.. math::
+    \\phi(JJ^\\top) = \\tfrac{1}{n_\\text{out}}\\operatorname{tr}(JJ^\\top), \\qquad
+    \\phi\\big((JJ^\\top)^2\\big) = \\tfrac{1}{n_\\text{out}}\\operatorname{tr}\\big((JJ^\\top)^2\\big).
+
+With a Gaussian probe :math:`v\\sim\\mathcal N(0, I)`, :math:`u = J^\\top v` and
+:math:`w = J u`, one has :math:`\\mathbb E\\|u\\|^2 = \\operatorname{tr}(JJ^\\top)` and
+:math:`\\mathbb E\\|w\\|^2 = \\operatorname{tr}((JJ^\\top)^2)` (Hutchinson's estimator), so
+both moments come from one vector-Jacobian and one Jacobian-vector product per probe,
+without materialising :math:`J`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .errors import check_positive_int
+
+__all__ = ["JacobianMoments", "jacobian_moments", "gradient_norms"]
+
+
+@dataclass(frozen=True)
+class JacobianMoments:
+    """Normalised spectral moments of :math:`JJ^\\top` and their standard errors.
+
+    ``phi1`` is :math:`\\phi(JJ^\\top)`, ``phi2`` is :math:`\\phi((JJ^\\top)^2)`; the
+    standard errors are those of the probe average (zero for ``exact=True``). ``probes`` is
+    0 for the exact path.
+    """
+
+    phi1: float
+    phi2: float
+    phi1_se: float
+    phi2_se: float
+    n_in: int
+    n_out: int
+    probes: int
+
+    @property
+    def variance(self) -> float:
+        """Spectral variance :math:`\\phi((JJ^\\top)^2) - \\phi(JJ^\\top)^2`."""
+        return self.phi2 - self.phi1**2
+
+    @property
+    def relative_variance(self) -> float:
+        """:math:`\\phi((JJ^\\top)^2)/\\phi(JJ^\\top)^2 - 1`, which adds under serial
+        composition (Chen et al., multiplication theorem)."""
+        return self.phi2 / self.phi1**2 - 1.0
+
+
+def _check_input(x) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise ValueError(f"x must be a floating-point tensor, got dtype {x.dtype}")
+    if not torch.isfinite(x).all():
+        raise ValueError("x must be finite: it contains NaN or inf")
+    return x.detach()
+
+
+def _exact(f, x: torch.Tensor) -> JacobianMoments:
+    y = f(x)
+    n_in, n_out = x.numel(), y.numel()
+    jac = torch.func.jacrev(f)(x).reshape(n_out, n_in).to(torch.float64)
+    a = jac @ jac.T
+    phi1 = torch.trace(a).item() / n_out
+    phi2 = (a * a).sum().item() / n_out  # tr(A^2) = sum_ij A_ij^2 for symmetric A
+    return JacobianMoments(phi1, phi2, 0.0, 0.0, n_in, n_out, 0)
+
+
+def jacobian_moments(f, x: torch.Tensor, probes: int = 64,
+                     generator: torch.Generator | None = None,
+                     exact: bool = False) -> JacobianMoments:
+    """Estimate :math:`\\phi(JJ^\\top)` and :math:`\\phi((JJ^\\top)^2)` for the Jacobian of
+    ``f`` at ``x``.
+
+    ``J`` is the Jacobian of ``f(x).flatten()`` with respect to ``x.flatten()``: for a batch
+    of inputs and a per-sample block it is block diagonal, so the moments are averages over
+    the samples; a block that mixes samples (batch norm in training mode) is handled as is.
+
+    Parameters
+    ----------
+    f : callable
+        The block, a function or ``nn.Module`` of one tensor.
+    x : torch.Tensor
+        The input, finite and floating point (use float64 for tight checks).
+    probes : int
+        Number of Gaussian probes (>= 1; >= 2 for a standard error).
+    generator : torch.Generator, optional
+        A CPU generator for the probes, for reproducible estimates on any device.
+    exact : bool
+        Materialise ``J`` with ``torch.func.jacrev`` and return exact traces (small blocks).
+    """
+    x = _check_input(x)
+    check_positive_int("probes", probes)
+    if exact:
+        return _exact(f, x)
+    y, vjp_fn = torch.func.vjp(f, x)
+    n_out = y.numel()
+    v = torch.randn((probes, *y.shape), generator=generator, dtype=y.dtype).to(y.device)
+    try:  # batched over probes; stateful modules (running statistics) cannot be vmapped
+        u = torch.func.vmap(vjp_fn)(v)[0]
+        w = torch.func.vmap(lambda t: torch.func.jvp(f, (x,), (t,))[1])(u)
+    except RuntimeError:
+        u = torch.stack([vjp_fn(vi)[0] for vi in v])
+        w = torch.stack([torch.func.jvp(f, (x,), (ui,))[1] for ui in u])
+    a = u.reshape(probes, -1).to(torch.float64).pow(2).sum(1) / n_out
+    b = w.reshape(probes, -1).to(torch.float64).pow(2).sum(1) / n_out
+    if probes > 1:
+        a_se = a.std().item() / math.sqrt(probes)
+        b_se = b.std().item() / math.sqrt(probes)
+    else:
+        a_se = b_se = math.inf
+    return JacobianMoments(a.mean().item(), b.mean().item(), a_se, b_se, x.numel(), n_out, probes)
+
+
+def gradient_norms(model: nn.Module, loss: torch.Tensor) -> dict[str, float]:
+    """Squared gradient norm :math:`\\|\\partial\\ell/\\partial W\\|_F^2` of ``loss`` for every
+    weight tensor (parameters with two or more dimensions) of ``model``, in layer
+    (registration) order. Does not touch ``.grad``."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
+    if not named:
+        raise ValueError("model has no trainable weight tensors (parameters with ndim >= 2)")
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        raise ValueError("loss must be a scalar tensor")
+    grads = torch.autograd.grad(loss, [p for _, p in named], retain_graph=True, allow_unused=True)
+    return {n: (0.0 if g is None else g.detach().pow(2).sum().item())
+            for (n, _), g in zip(named, grads)}
