@@ -16,3 +16,5 @@ from .repro import DEVICES, get_device, seed_everything
 from .training import History, evaluate, train
 
 __version__ = "0.1.0"
+from .probes import activation_gradient_norms, block_moments
+from .theory import relu_block_phi, relu_block_relative_variance, relu_block_scale

@@ -24,7 +24,8 @@ from torch import nn
 
 from .errors import check_positive_int
 
-__all__ = ["JacobianMoments", "jacobian_moments", "gradient_norms"]
+__all__ = ["JacobianMoments", "jacobian_moments", "gradient_norms", "block_moments",
+           "activation_gradient_norms"]
 
 
 @dataclass(frozen=True)
@@ -134,3 +135,33 @@ def gradient_norms(model: nn.Module, loss: torch.Tensor) -> dict[str, float]:
     grads = torch.autograd.grad(loss, [p for _, p in named], retain_graph=True, allow_unused=True)
     return {n: (0.0 if g is None else g.detach().pow(2).sum().item())
             for (n, _), g in zip(named, grads)}
+
+
+def block_moments(blocks, x: torch.Tensor, probes: int = 32,
+                  generator: torch.Generator | None = None) -> list[JacobianMoments]:
+    """:func:`jacobian_moments` of every block of a serial network, each at the input it
+    actually receives (``x`` propagated through the blocks before it)."""
+    out, h = [], _check_input(x)
+    for block in blocks:
+        out.append(jacobian_moments(block, h, probes=probes, generator=generator))
+        with torch.no_grad():
+            h = block(h)
+    return out
+
+
+def activation_gradient_norms(blocks, head, x: torch.Tensor, y: torch.Tensor,
+                              loss_fn=nn.functional.cross_entropy) -> list[float]:
+    """Squared norms :math:`\\|\\partial\\ell/\\partial x_l\\|^2` of the loss gradient with
+    respect to the input ``x_0`` and every block output ``x_1 .. x_L`` of a serial network
+    ``head(blocks[L-1](...blocks[0](x)))``. Back-propagation multiplies these by
+    :math:`J_l^\\top`, so in expectation :math:`\\|\\partial\\ell/\\partial x_{l-1}\\|^2 \\approx
+    \\phi(J_lJ_l^\\top)\\,\\tfrac{n_l}{n_{l-1}}\\|\\partial\\ell/\\partial x_l\\|^2`
+    (Chen et al., notes §1)."""
+    h = _check_input(x).requires_grad_(True)
+    outs = [h]
+    for block in blocks:
+        h = block(h)
+        outs.append(h)
+    loss = loss_fn(head(h), y)
+    grads = torch.autograd.grad(loss, outs)
+    return [g.detach().pow(2).sum().item() for g in grads]

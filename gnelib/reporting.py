@@ -74,16 +74,6 @@ def atomic_write_json(path: Path, obj) -> None:
         raise
 
 
-class _Text:
-    """A value whose text representation is a pre-formatted string (for glue)."""
-
-    def __init__(self, text: str):
-        self.text = text
-
-    def __repr__(self) -> str:
-        return self.text
-
-
 @dataclass
 class Chapter:
     """What a chapter's set-up cell returns: its name, profile, sizes, device and seed."""
@@ -147,7 +137,7 @@ def record(name: str, value, fmt: str | None = None):
     if fmt is not None:
         text = format(value, fmt)
         chapter.values[name] = {"value": raw, "text": text}
-        shown = _Text(text)
+        shown = text  # myst-nb literal-evals the glued repr, so the string shows as is
     else:
         chapter.values[name] = raw
         shown = value
