@@ -67,14 +67,49 @@ def _check_input(x) -> torch.Tensor:
     return x.detach()
 
 
+def _materialise(f, x: torch.Tensor) -> torch.Tensor:
+    try:
+        return torch.func.jacrev(f)(x)
+    except RuntimeError:  # stateful blocks (running statistics) cannot be transformed
+        return torch.autograd.functional.jacobian(f, x)
+
+
 def _exact(f, x: torch.Tensor) -> JacobianMoments:
-    y = f(x)
-    n_in, n_out = x.numel(), y.numel()
-    jac = torch.func.jacrev(f)(x).reshape(n_out, n_in).to(torch.float64)
+    jac = _materialise(f, x)
+    n_in = x.numel()
+    n_out = jac.numel() // n_in
+    jac = jac.reshape(n_out, n_in).to(torch.float64)
     a = jac @ jac.T
     phi1 = torch.trace(a).item() / n_out
     phi2 = (a * a).sum().item() / n_out  # tr(A^2) = sum_ij A_ij^2 for symmetric A
     return JacobianMoments(phi1, phi2, 0.0, 0.0, n_in, n_out, 0)
+
+
+def _func_products(f, x, probes, generator):
+    """J^T v and J J^T v for Gaussian probes v, batched with torch.func.vmap."""
+    y, vjp_fn = torch.func.vjp(f, x)
+    v = torch.randn((probes, *y.shape), generator=generator, dtype=y.dtype).to(y.device)
+    u = torch.func.vmap(vjp_fn)(v)[0]
+    w = torch.func.vmap(lambda t: torch.func.jvp(f, (x,), (t,))[1])(u)
+    return y.numel(), u, w
+
+
+def _autograd_products(f, x, probes, generator):
+    """The same products with plain autograd and one forward pass, for blocks that
+    torch.func cannot transform (in-place updates of running statistics): J u is obtained
+    as the gradient of (J^T r) . u with respect to a dummy r (the double-backward trick)."""
+    xr = x.clone().requires_grad_(True)
+    y = f(xr)
+    r = torch.zeros_like(y, requires_grad=True)
+    (jt_r,) = torch.autograd.grad(y, xr, r, create_graph=True)
+    v = torch.randn((probes, *y.shape), generator=generator, dtype=y.dtype).to(y.device)
+    us, ws = [], []
+    for vi in v:
+        (u,) = torch.autograd.grad(y, xr, vi, retain_graph=True)
+        (w,) = torch.autograd.grad(jt_r, r, u, retain_graph=True)
+        us.append(u)
+        ws.append(w)
+    return y.numel(), torch.stack(us), torch.stack(ws)
 
 
 def jacobian_moments(f, x: torch.Tensor, probes: int = 64,
@@ -103,16 +138,20 @@ def jacobian_moments(f, x: torch.Tensor, probes: int = 64,
     x = _check_input(x)
     check_positive_int("probes", probes)
     if exact:
-        return _exact(f, x)
-    y, vjp_fn = torch.func.vjp(f, x)
-    n_out = y.numel()
-    v = torch.randn((probes, *y.shape), generator=generator, dtype=y.dtype).to(y.device)
-    try:  # batched over probes; stateful modules (running statistics) cannot be vmapped
-        u = torch.func.vmap(vjp_fn)(v)[0]
-        w = torch.func.vmap(lambda t: torch.func.jvp(f, (x,), (t,))[1])(u)
+        try:
+            return _exact(f, x)
+        except RuntimeError as err:
+            raise ValueError(f"f cannot be applied to x of shape {tuple(x.shape)}: {err}") from err
+    state = generator.get_state() if generator is not None else None
+    try:
+        n_out, u, w = _func_products(f, x, probes, generator)
     except RuntimeError:
-        u = torch.stack([vjp_fn(vi)[0] for vi in v])
-        w = torch.stack([torch.func.jvp(f, (x,), (ui,))[1] for ui in u])
+        if generator is not None:  # draw the same probes on the fallback path
+            generator.set_state(state)
+        try:
+            n_out, u, w = _autograd_products(f, x, probes, generator)
+        except RuntimeError as err:
+            raise ValueError(f"f cannot be applied to x of shape {tuple(x.shape)}: {err}") from err
     a = u.reshape(probes, -1).to(torch.float64).pow(2).sum(1) / n_out
     b = w.reshape(probes, -1).to(torch.float64).pow(2).sum(1) / n_out
     if probes > 1:
