@@ -11,7 +11,7 @@ Profiles:
     meant for a GPU.
 
 Each chapter owns one entry of :data:`SIZES`; a chapter reads its sizes with
-:func:`sizes` (usually through :func:`gnelib.setup_chapter`).
+:func:`sizes` (usually through :func:`~gnelib.reporting.setup_chapter`).
 """
 from __future__ import annotations
 

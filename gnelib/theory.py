@@ -20,7 +20,7 @@ __all__ = ["relu_block_scale", "relu_block_phi", "relu_block_relative_variance"]
 
 
 def relu_block_scale(init: str, gain: float | None = None) -> float:
-    """:math:`s = n\\Var(W_{ij})` (or :math:`g^2`) of :func:`gnelib.init_weight_` for a square
+    """:math:`s = n\\Var(W_{ij})` (or :math:`g^2`) of :func:`~gnelib.inits.init_weight_` for a square
     layer: xavier 1·g², he 2·g², orthogonal g², gaussian g²."""
     check_choice("init", init, ("xavier", "he", "orthogonal", "gaussian"))
     g2 = 1.0 if gain is None else float(gain) ** 2
