@@ -5,6 +5,7 @@ from pathlib import Path
 
 import jupytext
 import pytest
+from papermill.iorw import load_notebook_node
 from papermill.parameterize import parameterize_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,13 +25,15 @@ def test_toc_lists_existing_chapters_and_no_notebooks_are_committed():
 
 
 @pytest.mark.parametrize("path", CHAPTERS, ids=[p.stem for p in CHAPTERS])
-def test_first_code_cell_is_the_parameters_cell(path):
+def test_first_code_cell_is_the_parameters_cell(path, tmp_path):
     nb = jupytext.read(path)
     assert nb.metadata["kernelspec"]["name"] == "python3"
     first = next(c for c in nb.cells if c.cell_type == "code")
     assert "parameters" in first.metadata.get("tags", [])
     assert 'os.environ.get("GNE_PROFILE", "book")' in first.source
-    injected = parameterize_notebook(nb, {"profile": "smoke"}, kernel_name="python3", language="python")
+    jupytext.write(nb, tmp_path / "ch.ipynb")
+    injected = parameterize_notebook(load_notebook_node(str(tmp_path / "ch.ipynb")), {"profile": "smoke"},
+                                     kernel_name="python3", language="python")
     codes = [c for c in injected.cells if c.cell_type == "code"]
     assert "injected-parameters" in codes[1].metadata["tags"]
     assert 'profile = "smoke"' in codes[1].source
