@@ -24,18 +24,18 @@ $(STAMP): pyproject.toml constraints.txt
 venv: $(STAMP)
 
 book: $(STAMP)
-	$(BIN)/python tools/book.py execute --profile book
+	$(BIN)/python tools/book.py execute --profile book --jobs 2
 	$(BIN)/python tools/book.py render --profile book
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests -q
 
 smoke: $(STAMP)
-	$(BIN)/python tools/book.py execute --profile smoke
+	$(BIN)/python tools/book.py execute --profile smoke --force --jobs 2
 
 nbval: $(STAMP)
-	$(BIN)/python -m pytest -q --nbval --nbval-current-env \
-	  --nbval-sanitize-with tests/nbval_sanitize.cfg build/smoke/notebooks
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --nbval --nbval-current-env \
+	  --nbval-sanitize-with tests/nbval_sanitize.cfg build/smoke/notebooks/*.ipynb
 
 render-smoke: $(STAMP)
 	$(BIN)/python tools/book.py render --profile smoke

@@ -60,9 +60,42 @@ def newest_dependency(src: Path) -> float:
     return max(p.stat().st_mtime for p in deps)
 
 
-def execute(profile: str, only: str | None, force: bool) -> int:
+def execute_one(src: Path, profile: str, out_dir: Path) -> bool:
+    """Convert one chapter with jupytext and execute it with papermill; True on success."""
     import jupytext
     import papermill as pm
+
+    out = out_dir / f"{src.stem}.ipynb"
+    nb = jupytext.read(src)
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    raw = out_dir / f"{src.stem}.source.ipynb"
+    jupytext.write(nb, raw)
+    tmp = out_dir / f".{src.stem}.running.ipynb"
+    t0 = time.time()
+    print(f"[{profile}] {src.stem}: executing ...", flush=True)
+    try:
+        pm.execute_notebook(str(raw), str(tmp), parameters={"profile": profile},
+                            kernel_name="python3", cwd=str(ROOT), progress_bar=False,
+                            execution_timeout=TIMEOUT[profile])
+    except Exception as exc:  # noqa: BLE001 - report every failing chapter, then fail
+        failed = out_dir.parent / "failed" / f"{src.stem}.ipynb"
+        failed.parent.mkdir(exist_ok=True)
+        if tmp.exists():
+            tmp.replace(failed)
+        print(f"[{profile}] {src.stem}: FAILED after {time.time() - t0:.0f} s "
+              f"(executed notebook: {failed})\n{exc}", file=sys.stderr)
+        return False
+    finally:
+        raw.unlink(missing_ok=True)
+    tmp.replace(out)
+    (out_dir.parent / "failed" / f"{src.stem}.ipynb").unlink(missing_ok=True)
+    print(f"[{profile}] {src.stem}: done in {time.time() - t0:.0f} s", flush=True)
+    return True
+
+
+def execute(profile: str, only: str | None, force: bool, jobs: int = 1) -> int:
+    from concurrent.futures import ThreadPoolExecutor
 
     out_dir = ROOT / "build" / profile / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -71,36 +104,17 @@ def execute(profile: str, only: str | None, force: bool) -> int:
         names = ", ".join(c.stem for c in chapters())
         print(f"unknown chapter {only!r}: allowed values are {names}", file=sys.stderr)
         return 2
-    failures = []
+    todo = []
     for src in selected:
         out = out_dir / f"{src.stem}.ipynb"
         if not force and out.exists() and out.stat().st_mtime > newest_dependency(src):
             print(f"[{profile}] {src.stem}: up to date")
-            continue
-        nb = jupytext.read(src)
-        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
-                                     "language": "python"}
-        raw = out_dir / f"{src.stem}.source.ipynb"
-        jupytext.write(nb, raw)
-        tmp = out_dir / f".{src.stem}.running.ipynb"
-        t0 = time.time()
-        print(f"[{profile}] {src.stem}: executing ...", flush=True)
-        try:
-            pm.execute_notebook(str(raw), str(tmp), parameters={"profile": profile},
-                                kernel_name="python3", cwd=str(ROOT), progress_bar=False,
-                                execution_timeout=TIMEOUT[profile])
-        except Exception as exc:  # noqa: BLE001 - report every failing chapter, then fail
-            failed = out_dir / f"{src.stem}.failed.ipynb"
-            if tmp.exists():
-                tmp.replace(failed)
-            print(f"[{profile}] {src.stem}: FAILED after {time.time() - t0:.0f} s "
-                  f"(executed notebook: {failed})\n{exc}", file=sys.stderr)
-            failures.append(src.stem)
-            continue
-        finally:
-            raw.unlink(missing_ok=True)
-        tmp.replace(out)
-        print(f"[{profile}] {src.stem}: done in {time.time() - t0:.0f} s", flush=True)
+        else:
+            todo.append(src)
+    # each chapter runs in its own kernel process, so threads are enough to run them side by side
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        ok = list(pool.map(lambda src: execute_one(src, profile, out_dir), todo))
+    failures = [src.stem for src, good in zip(todo, ok) if not good]
     if failures:
         print(f"[{profile}] failed chapters: {', '.join(failures)}", file=sys.stderr)
         return 1
@@ -181,12 +195,16 @@ def main(argv=None) -> int:
     p.add_argument("--profile", choices=PROFILES, default=os.environ.get("GNE_PROFILE", "book"))
     p.add_argument("--chapter", default=None, help="execute only this chapter (file stem)")
     p.add_argument("--force", action="store_true", help="re-execute even if up to date")
+    p.add_argument("--jobs", type=int, default=1, help="chapters executed side by side")
     a = p.parse_args(argv)
     if a.command == "list":
         print("\n".join(c.stem for c in chapters()))
         return 0
     if a.command == "execute":
-        return execute(a.profile, a.chapter, a.force)
+        if a.jobs < 1:
+            print(f"--jobs must be an integer >= 1, got {a.jobs}", file=sys.stderr)
+            return 2
+        return execute(a.profile, a.chapter, a.force, a.jobs)
     return render(a.profile)
 
 
