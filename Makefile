@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 export TQDM_DISABLE ?= 1
 export PYTHONHASHSEED := 0
 
-.PHONY: all venv book test unit smoke nbval render-smoke bench clean help
+.PHONY: all venv book test unit smoke nbval render-smoke bench bench-smoke clean help
 
 help:
 	@echo "make book   - execute every chapter at the 'book' profile and render HTML (build/book/_build/html)"
@@ -36,6 +36,12 @@ smoke: $(STAMP)
 nbval: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile --nbval --nbval-current-env \
 	  --nbval-sanitize-with tests/nbval_sanitize.cfg build/smoke/notebooks/*.ipynb
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks --all
+
+bench-smoke: $(STAMP)
+	$(BIN)/python -m benchmarks --all --smoke
 
 render-smoke: $(STAMP)
 	$(BIN)/python tools/book.py render --profile smoke

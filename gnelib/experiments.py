@@ -32,6 +32,7 @@ import hashlib
 import importlib
 import inspect
 import json
+import re
 import typing
 from dataclasses import dataclass
 
@@ -64,7 +65,8 @@ class Experiment:
 
     @property
     def doc(self) -> str:
-        return (inspect.getdoc(self.fn) or "").split("\n\n")[0].replace("\n", " ")
+        text = (inspect.getdoc(self.fn) or "").split("\n\n")[0].replace("\n", " ")
+        return re.sub(r":\w+:`~?([^`]+)`", r"\1", text).replace("``", "")
 
     def parameters(self) -> list[tuple[str, str, object]]:
         """``(name, type name, default)`` of every configuration field."""

@@ -24,16 +24,22 @@ def haar_orthogonal(d: int, generator: torch.Generator | None = None,
 
     Draw ``G`` with i.i.d. standard normal entries, factor ``G = QR`` and return
     ``Q diag(sign(diag R))``: the sign fix makes the law exactly Haar (without it, QR
-    routines bias the signs). With ``batch`` a stack of ``batch`` independent draws,
+    routines bias the signs). The factorisation is done in float64 on one thread; the
+    result is returned in ``dtype``. With ``batch`` a stack of ``batch`` independent draws,
     shape ``(batch, d, d)``.
     """
     check_positive_int("d", d)
     shape = (d, d) if batch is None else (check_positive_int("batch", batch), d, d)
-    g = torch.randn(*shape, generator=generator, dtype=dtype)
-    q, r = torch.linalg.qr(g)
+    g = torch.randn(*shape, generator=generator, dtype=torch.float64)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small QRs: threading only adds contention on a busy CPU
+    try:
+        q, r = torch.linalg.qr(g)
+    finally:
+        torch.set_num_threads(threads)
     s = torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))
     s = torch.where(s == 0, torch.ones_like(s), s)
-    return q * s.unsqueeze(-2)
+    return (q * s.unsqueeze(-2)).to(dtype)
 
 
 def _as_numpy(x) -> np.ndarray:

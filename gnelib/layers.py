@@ -75,6 +75,7 @@ class SecondMomentNormFunction(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         x, s, weight, bias, eps = inputs
         ctx.save_for_backward(x, s, weight)
+        ctx.save_for_forward(x, s, weight)
         ctx.eps = eps
 
     @staticmethod

@@ -150,10 +150,10 @@ def identity() -> Moments:
 
 
 # ---------------------------------------------------------------- activations
-def _check_p(p):
+def _check_p(p, name="p"):
     p = float(p)
     if not 0 < p <= 1:
-        raise ValueError(f"p must be a probability in (0, 1], got {p!r}")
+        raise ValueError(f"{name} must be a probability in (0, 1], got {p!r}")
     return p
 
 
@@ -273,16 +273,19 @@ def dense(m: int, n: int, sigma2: float) -> Moments:
 
 def conv(c_in: int, c_out: int, k: int, sigma2: float, dims: int = 2) -> Moments:
     """Stride-1 convolution with an i.i.d. :math:`\\mathcal N(0,\\sigma^2)` k×k (or k, ``dims``=1)
-    kernel, circular padding (interior pixels): with :math:`n=c_\\text{in}k^{d}`,
+    kernel, circular padding (interior pixels), :math:`K=k^{d}` taps, :math:`n=c_\\text{in}K`:
     :math:`\\phi_1=n\\sigma^2` (Chen et al.'s table as quoted by Yao et al.) and
-    :math:`\\phi_2=n(n+c_\\text{out}+1)\\sigma^4`, the dense value (our derivation by Wick's
-    theorem: shifts :math:`T_s` commute, so only the s = s' pairing of the crossed term survives
-    when the grid is larger than 2k)."""
+    :math:`\\phi_2=n(n+c_\\text{out}K+1)\\sigma^4` (our derivation by Wick's theorem on
+    :math:`J=\\sum_{o,i,s}w_{ois}E_{oi}\\otimes T_s`: shifts commute, so the crossed pairing
+    survives only for s = s' when the grid is larger than 2k). So a conv has the relative
+    variance of a dense :math:`c_\\text{out}K\\times c_\\text{in}K` layer,
+    :math:`(c_\\text{out}K+1)/(c_\\text{in}K)`, not :math:`c_\\text{out}/(c_\\text{in}K)`."""
     c_in, c_out, k = (check_positive_int(a, b) for a, b in
                       (("c_in", c_in), ("c_out", c_out), ("k", k)))
     if dims not in (1, 2):
         raise ValueError(f"dims must be 1 or 2, got {dims!r}")
-    m = dense(c_out, c_in * k**dims, sigma2)
+    taps = k**dims
+    m = dense(c_out * taps, c_in * taps, sigma2)
     return Moments(m.phi1, m.phi2, c_out / c_in)
 
 
@@ -367,7 +370,7 @@ def scaled_weight_standardization(m: int, n: int, gain2: float = 2.0) -> Moments
 def dropout(keep: float) -> Moments:
     """Inverted dropout with keep probability q: :math:`D_{ii}\\in\\{0,1/q\\}`, so
     :math:`\\phi_1=1/q`, :math:`\\phi_2=1/q^3` and :math:`\\varphi=(1-q)/q^3` (our derivation)."""
-    q = _check_p(keep)
+    q = _check_p(keep, "keep")
     return Moments(1 / q, 1 / q**3)
 
 
@@ -400,30 +403,36 @@ def concatenation(c: int, k: int, branch: Moments) -> Moments:
                    n / c)
 
 
-#: The component table of the chapter: name -> (formula for φ, formula for ϕ, example Moments).
+#: The component table of the chapter: name -> (φ formula, ϕ formula, example setting, Moments).
 COMPONENTS = {
-    "ReLU, P(h>0)=p": ("p", "p − p²", relu(0.5)),
-    "leaky ReLU, slope γ": ("p + γ²(1−p)", "p(1−p)(1−γ²)²", leaky_relu(0.3)),
-    "PReLU, slope a": ("p + a²(1−p)", "p(1−p)(1−a²)²", prelu(0.25)),
-    "sPReLU, slope a": ("(p + a²(1−p))/(1+a²)", "p(1−p)(1−a²)²/(1+a²)²", sprelu(0.25)),
-    "tanh, h ~ N(0, q)": ("E[(1−tanh²h)²]", "E[(1−tanh²h)⁴] − φ²", tanh(1.0)),
-    "sigmoid, h ~ N(0, q)": ("E[σ'(h)²]", "E[σ'(h)⁴] − φ²", sigmoid(1.0)),
+    "ReLU, P(h>0)=p": ("p", "p − p²", "p = ½", relu(0.5)),
+    "leaky ReLU, slope γ": ("p + γ²(1−p)", "p(1−p)(1−γ²)²", "γ = 0.3, p = ½", leaky_relu(0.3)),
+    "PReLU, slope a": ("p + a²(1−p)", "p(1−p)(1−a²)²", "a = 0.25, p = ½", prelu(0.25)),
+    "sPReLU, slope a": ("(p + a²(1−p))/(1+a²)", "p(1−p)(1−a²)²/(1+a²)²", "a = 0.25, p = ½",
+                        sprelu(0.25)),
+    "tanh, h ~ N(0, q)": ("E[(1−tanh²h)²]", "E[(1−tanh²h)⁴] − φ²", "q = 1", tanh(1.0)),
+    "sigmoid, h ~ N(0, q)": ("E[σ'(h)²]", "E[σ'(h)⁴] − φ²", "q = 1", sigmoid(1.0)),
     "SeLU(λ, α), h ~ N(0, q)": ("λ²(½ + α²e^{2q}Φ(−2√q))", "λ⁴(½ + α⁴e^{8q}Φ(−4√q)) − φ²",
-                                selu()),
-    "dense m×n, N(0, σ²)": ("nσ²", "n(m+1)σ⁴", dense(256, 256, 1 / 256)),
-    "conv, i.i.d. kernel": ("c_in k² σ²", "c_in k²(c_out+1)σ⁴", conv(16, 16, 3, 1 / 144)),
-    "orthogonal, gain g": ("g²", "0", orthogonal(256, 256)),
-    "delta-orthogonal conv, gain g": ("g²", "0", delta_orthogonal(16, 16)),
-    "BN (train), M values": ("(γ²/σ²)(M−2)/M", "(γ⁴/σ⁴)(M−2)/M · 2/M", batch_norm(512)),
-    "SMN, M values": ("(γ²/E x²)(M−1)/M", "(γ⁴/(E x²)²)(M−1)/M · 1/M",
+                                "standard λ, α; q = 1", selu()),
+    "dense m×n, N(0, σ²)": ("nσ²", "n(m+1)σ⁴", "m = n = 256, σ² = 1/n", dense(256, 256, 1 / 256)),
+    "conv, i.i.d. k×k kernel": ("c_in k² σ²", "c_in k²(c_out k²+1)σ⁴",
+                                "c_in = c_out = 16, k = 3, σ² = 1/(9·16)", conv(16, 16, 3, 1 / 144)),
+    "orthogonal, gain g": ("g²", "0", "g = 1", orthogonal(256, 256)),
+    "delta-orthogonal conv, gain g": ("g²", "0", "g = 1", delta_orthogonal(16, 16)),
+    "BN (train), M values": ("(γ²/σ²)(M−2)/M", "(γ⁴/σ⁴)(M−2)/M · 2/M", "M = 512, γ = σ = 1",
+                             batch_norm(512)),
+    "SMN, M values": ("(γ²/E x²)(M−1)/M", "(γ⁴/(E x²)²)(M−1)/M · 1/M", "M = 512, γ = E x² = 1",
                       second_moment_norm(512)),
     "L1 moment norm, M values": ("(γ²/μ₁²)(M−2+κ)/M", "(γ⁴/μ₁⁴)(M−2+κ²)/M − φ²",
-                                 l1_moment_norm(512)),
-    "weight norm, gain g": ("g²", "g⁴(m−1)/n", weight_norm(256, 256)),
-    "sWS, gain² γ₀": ("γ₀", "γ₀²(m−1)/(n−1)", scaled_weight_standardization(256, 256)),
-    "dropout, keep q": ("1/q", "(1−q)/q³", dropout(0.9)),
-    "average pool k×k": ("1/k²", "0", avg_pool(2)),
-    "residual x + F(x)": ("1 + φ_F", "ϕ_F + 2φ_F", residual(dense(256, 256, 1 / 256))),
+                                 "M = 512, Gaussian x (κ = π/2)", l1_moment_norm(512)),
+    "weight norm, gain g": ("g²", "g⁴(m−1)/n", "m = n = 256, g = 1", weight_norm(256, 256)),
+    "sWS, gain² γ₀": ("γ₀", "γ₀²(m−1)/(n−1)", "m = n = 256, γ₀ = 2",
+                      scaled_weight_standardization(256, 256)),
+    "dropout, keep q": ("1/q", "(1−q)/q³", "q = 0.9", dropout(0.9)),
+    "average pool k×k": ("1/k²", "0", "k = 2", avg_pool(2)),
+    "residual x + F(x)": ("1 + φ_F", "ϕ_F + 2φ_F", "F dense, m = n = 256, σ² = 1/n",
+                          residual(dense(256, 256, 1 / 256))),
     "concatenation [x; F(x)]": ("(c + kφ_F)/(c+k)", "(c + 2kφ_F + kφ₂_F)/(c+k) − φ²",
+                                "c = 64, k = 16, F dense σ² = 1/64",
                                 concatenation(64, 16, dense(16, 64, 1 / 64))),
 }

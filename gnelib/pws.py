@@ -19,7 +19,7 @@ from .errors import check_choice, check_positive, check_positive_int
 
 __all__ = ["pws_kernel", "ws_kernel", "centred_kernel", "pws_epsilon", "PWSConv1d",
            "PWSConv2d", "WSConv1d", "WSConv2d", "CentredConv1d", "CentredConv2d",
-           "wn_conv", "EPS_MODES", "FAN_MODES"]
+           "wn_conv", "wn_linear", "EPS_MODES", "FAN_MODES"]
 
 #: How ``eps`` is read: as an absolute variance, or relative to the He variance 2/n_f.
 EPS_MODES = ("absolute", "relative")
@@ -105,6 +105,10 @@ class _ReparamConv(nn.Module):
         raise NotImplementedError
 
     def conv(self, x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+        """The convolution with ``kernel``; a 1x1 kernel applied to a (B, C_in) input is the
+        dense layer ``F.linear`` (the MLP case)."""
+        if x.dim() == 2 and math.prod(self.kernel_size) == 1:
+            return F.linear(x, kernel.flatten(1), self.bias)
         fn = F.conv1d if self.dim == 1 else F.conv2d
         return fn(x, kernel, self.bias, self.stride, self.padding)
 
@@ -251,6 +255,16 @@ class CentredConv2d(_CentredConv):
     """2-d centred convolution."""
 
     dim = 2
+
+
+def wn_linear(in_features: int, out_features: int, bias: bool = True,
+              generator: torch.Generator | None = None) -> nn.Module:
+    """A He-initialised linear layer under torch's weight-norm parametrization (see :func:`wn_conv`)."""
+    lin = nn.Linear(in_features, out_features, bias=bias)
+    nn.init.kaiming_normal_(lin.weight, nonlinearity="relu", generator=generator)
+    if bias:
+        nn.init.zeros_(lin.bias)
+    return nn.utils.parametrizations.weight_norm(lin, name="weight", dim=0)
 
 
 def wn_conv(dim: int, in_channels: int, out_channels: int, kernel_size=3, stride: int = 1,

@@ -15,9 +15,10 @@ from torch import nn
 
 from .data import Dataset
 from .errors import check_choice, check_positive_int
-from .pws import CentredConv1d, CentredConv2d, PWSConv1d, PWSConv2d, WSConv1d, WSConv2d, wn_conv
+from .pws import (CentredConv1d, CentredConv2d, PWSConv1d, PWSConv2d, WSConv1d, WSConv2d,
+                  wn_conv, wn_linear)
 
-__all__ = ["NORMS", "RESNET_NORMS", "conv_unit", "PlainConvNet", "NormMLP", "PWSResNet",
+__all__ = ["NORMS", "RESNET_NORMS", "conv_unit", "PlainConvNet", "NormMLP", "linear_unit", "PWSResNet",
            "teacher_data", "alpha_names"]
 
 #: Normalizations a plain net can use.
@@ -113,23 +114,51 @@ class PlainConvNet(nn.Module):
         return self.head(self.features(x).flatten(2).mean(2))
 
 
-class NormMLP(PlainConvNet):
+def linear_unit(norm: str, cin: int, cout: int, gn_groups: int = 8, pws_kw: dict | None = None,
+                generator: torch.Generator | None = None) -> tuple[nn.Module, nn.Module]:
+    """A dense layer (acting on (B, C) inputs) and the activation normalization after it, for
+    ``norm`` in :data:`NORMS`; the weight-space layers are their 1x1 convolutions, which act
+    as ``F.linear`` on (B, C) inputs."""
+    check_choice("norm", norm, NORMS)
+    if norm in ("pws", "ws_bn", "centre"):
+        return conv_unit(norm, 1, cin, cout, 1, 1, 0, gn_groups, pws_kw, generator)
+    bias = norm not in ("bn", "gn")
+    if norm == "wn":
+        lin = wn_linear(cin, cout, bias=bias, generator=generator)
+    else:
+        lin = nn.Linear(cin, cout, bias=bias)
+        nn.init.kaiming_normal_(lin.weight, nonlinearity="relu", generator=generator)
+        if bias:
+            nn.init.zeros_(lin.bias)
+    return lin, _act_norm(norm, 1, cout, gn_groups)
+
+
+class NormMLP(nn.Module):
     """An MLP (``depth`` hidden layers of ``width``, ReLU, no residual path) with the
-    normalization as a parameter, built as 1x1 convolutions on length-1 inputs so that every
-    layer of :data:`NORMS` applies unchanged."""
+    normalization as a parameter (:func:`linear_unit`) and a linear head N(0, head_std^2)."""
 
     def __init__(self, in_dim: int, width: int, depth: int, out_dim: int, norm: str = "none",
                  gn_groups: int = 8, pws_kw: dict | None = None, head_std: float = 0.01,
                  generator: torch.Generator | None = None):
-        super().__init__(in_dim, width, depth, out_dim, norm=norm, dim=1, kernel_size=1,
-                         gn_groups=gn_groups, pws_kw=pws_kw, head_std=head_std,
-                         generator=generator)
+        super().__init__()
+        for name, v in (("in_dim", in_dim), ("width", width), ("depth", depth),
+                        ("out_dim", out_dim)):
+            check_positive_int(name, v)
+        self.norm = norm
+        self.units = nn.ModuleList(
+            nn.Sequential(*linear_unit(norm, in_dim if i == 0 else width, width, gn_groups,
+                                       pws_kw, generator), nn.ReLU())
+            for i in range(depth))
+        self.head = _head(width, out_dim, head_std, generator)
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.flatten(1).unsqueeze(2)
+    def no_weight_decay(self) -> list[str]:
+        return alpha_names(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1)
         for unit in self.units:
             x = unit(x)
-        return x
+        return self.head(x)
 
 
 class _Block(nn.Module):

@@ -127,7 +127,10 @@ def sweep(name: str, configs: list, store: Store | None = None, *, scheduler: st
                 except Exception as err:  # noqa: BLE001 - reported per configuration
                     done(key, err=f"{type(err).__name__}: {err}")
         else:
-            ctx = multiprocessing.get_context("spawn")
+            # forkserver: one server imports torch and gnelib once, workers fork from it
+            # before any OpenMP pool exists (fork from this process could deadlock)
+            ctx = multiprocessing.get_context("forkserver")
+            ctx.set_forkserver_preload(["gnelib.sweep", exp.module])
             with ProcessPoolExecutor(min(jobs, len(todo)), mp_context=ctx,
                                      initializer=_init_pool_worker) as pool:
                 futures = {pool.submit(run_config, *a): k for k, a in args.items()}

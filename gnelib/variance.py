@@ -14,10 +14,11 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["relu_moments", "transmitted_second_moment", "shift_gain", "MEAN_PATH_SHARE",
+__all__ = ["relu_moments", "mean_path_share", "random_weight_second_moment", "transmitted_second_moment", "shift_gain", "MEAN_PATH_SHARE",
            "pws_relu_gain", "pws_gain", "holding_alpha", "bn_ws_correlation", "filter_stats",
            "filter_sums", "average_weight_gradient", "weight_layers", "weight_records",
-           "gradient_records", "forward_records"]
+           "gradient_records", "forward_records", "shifted_chain_records",
+           "pws_chain_records"]
 
 #: Share of a ReLU output's second moment carried by its mean, mu^2/E[x^2] = 1/pi (eq. relu-moments).
 MEAN_PATH_SHARE = 1.0 / math.pi
@@ -28,6 +29,23 @@ def relu_moments(q):
     returns ``(second_moment, mean_squared, variance)`` = :math:`(q/2,\\ q/2\\pi,\\ (q/2)(1-1/\\pi))`."""
     q = np.asarray(q, dtype=np.float64)
     return q / 2, q / (2 * np.pi), q / 2 * (1 - 1 / np.pi)
+
+
+def mean_path_share(n=None):
+    """Lemma ``pws-relu-moments``: the share of a ReLU layer's second moment carried by the
+    patch mean, :math:`E[\bar x^2]/E[x^2] = 1/\pi + (1-1/\pi)/n` for n units whose
+    pre-activations are i.i.d. zero-mean Gaussians (1/pi as n grows)."""
+    if n is None:
+        return 1 / np.pi
+    return 1 / np.pi + (1 - 1 / np.pi) / n
+
+
+def random_weight_second_moment(n, s_w, c, m2, xbar2):
+    """Theorem ``pws-transmission`` (b): for weights :math:`w_{kj}=z_{kj}+\delta_k` drawn
+    independently of the inputs, z i.i.d. with mean 0 and variance s_w, and filter shifts
+    with variance c^2/n^2, :math:`E[y^2] = n s_w E[x^2] + c^2 E[\bar x^2]` where
+    :math:`E[x^2]` (``m2``) is the mean squared input entry and :math:`\bar x` the patch mean."""
+    return n * s_w * m2 + np.asarray(c, dtype=np.float64) ** 2 * xbar2
 
 
 def transmitted_second_moment(n, v_bar, s2_bar, sigma2, mu2):
@@ -187,3 +205,58 @@ def forward_records(model: nn.Module, x: torch.Tensor, step: int | None = None,
                      "channel_mean_sq": ch.mean(1).pow(2).mean().item()})
     return recs
 
+
+
+# --------------------------------------------------------------------------- chains
+
+def shifted_chain_records(width: int, depth: int, n_samples: int, c: float = 0.0,
+                          generator: torch.Generator | None = None) -> list[dict]:
+    """A ReLU chain of ``depth`` He-initialised dense layers (float64, no bias) whose filters
+    get a random common shift :math:`\\delta_k\\sim\\mathcal N(0, c^2/n^2)`, so that
+    :math:`\\mathrm{sd}(S_k)` grows by c (the setting of corollary ``pws-shift-law``). Inputs are
+    ReLU of standard Gaussians. Per layer: the pre-activation second moment q, the gain
+    q_l/q_{l-1}, and the mean-path share of the ReLU output: the mean over samples of the
+    squared per-sample mean over units (the patch mean of the next layer), over the second
+    moment (:func:`mean_path_share`)."""
+    g = generator if generator is not None else torch.Generator().manual_seed(0)
+    x = torch.relu(torch.randn(n_samples, width, generator=g, dtype=torch.float64))
+    recs, q_prev = [], None
+    for layer in range(depth):
+        w = torch.randn(width, width, generator=g, dtype=torch.float64) * math.sqrt(2 / width)
+        w = w + torch.randn(width, 1, generator=g, dtype=torch.float64) * (c / width)
+        y = x @ w.T
+        q = y.pow(2).mean().item()
+        x = torch.relu(y)
+        share = (x.mean(1).pow(2).mean() / x.pow(2).mean()).item()
+        recs.append({"depth": layer + 1, "c": c, "second_moment": q,
+                     "gain": q / q_prev if q_prev is not None else float("nan"),
+                     "mean_share": share})
+        q_prev = q
+    return recs
+
+
+def pws_chain_records(width: int, depth: int, n_samples: int, alpha: float = 1.0,
+                      eps: float = 0.0, data_init: bool = False, shift: float = 0.0,
+                      generator: torch.Generator | None = None) -> list[dict]:
+    """A chain of ``depth`` PWS dense layers (float32, bias 0) each followed by a ReLU, on
+    standard Gaussian inputs; raw weights may carry a per-filter shift of sd ``shift``/n
+    (which PWS must ignore). Per layer: the second moment and the unbiased variance of the
+    pre-activation (proposition ``pws-depth-decay``)."""
+    from .pws import PWSConv1d
+
+    g = generator if generator is not None else torch.Generator().manual_seed(0)
+    x = torch.randn(n_samples, width, 1, generator=g)
+    recs = []
+    for layer in range(depth):
+        conv = PWSConv1d(width, width, 1, eps=eps, alpha_init=alpha, data_init=data_init,
+                         generator=g)
+        if shift:
+            with torch.no_grad():
+                conv.weight.add_(torch.randn(width, 1, 1, generator=g) * shift / width)
+        with torch.no_grad():
+            y = conv(x)
+        recs.append({"depth": layer + 1, "alpha": alpha, "data_init": data_init,
+                     "second_moment": y.double().pow(2).mean().item(),
+                     "var": y.double().var().item()})
+        x = torch.relu(y)
+    return recs

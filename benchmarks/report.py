@@ -1,0 +1,162 @@
+"""Reading benchmark records back for the book's Performance page: which run to show, the
+tables as Markdown, and the scaling plots."""
+from __future__ import annotations
+
+import json
+
+from . import SUITES, runner
+from .harness import SMOKE, format_table, loglog_slope, result_path
+
+
+def load(name: str, prefer_smoke: bool = False) -> dict | None:
+    """The stored record of suite ``name``: the full run's (``data/results/bench``) first,
+    then the smoke run's (or the other way round with ``prefer_smoke``); ``None`` if
+    neither exists or parses."""
+    for smoke in ((True, False) if prefer_smoke else (False, True)):
+        path = result_path(name, smoke)
+        if path.exists():
+            try:
+                rec = json.loads(path.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                continue
+            rec = revive(rec)
+            rec["path"] = str(path)
+            return rec
+    return None
+
+
+def revive(obj):
+    """Undo :func:`gnelib.atomic_write_json`'s spelling of non-finite floats as strings."""
+    if isinstance(obj, dict):
+        return {k: revive(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [revive(v) for v in obj]
+    if obj in ("nan", "inf", "-inf"):
+        return float(obj)
+    return obj
+
+
+def load_or_run(profile: str, names=None, threads: int = 1) -> tuple[dict, list[str]]:
+    """Records of every suite for the page at ``profile``: smoke records are preferred at
+    ``smoke``, full ones otherwise; a suite with no record at all is run here at smoke size
+    (on ``threads`` torch threads, on the CPU). Returns ``(records, names run here)``."""
+    import torch
+
+    records, ran = {}, []
+    for name in names or SUITES:
+        rec = load(name, prefer_smoke=(profile == "smoke"))
+        if rec is None:
+            old = torch.get_num_threads()
+            torch.set_num_threads(threads)
+            try:
+                rec = runner(name)(SMOKE, device="cpu", progress=False)
+            finally:
+                torch.set_num_threads(old)
+            ran.append(name)
+        records[name] = rec
+    return records, ran
+
+
+def markdown_table(rec: dict) -> str:
+    """The record's table in Markdown: the reference's median time (ms) and every other
+    contender's time divided by it, per case, and the median ratio over cases."""
+    return format_table(rec, fmt="github", compact=True, goals=False) + \
+        f"\n\nRatios are times divided by the time of *{rec['reference']}*."
+
+
+def goals_table(records: dict) -> str:
+    """Every goal of every record as one Markdown table."""
+    from tabulate import tabulate
+
+    rows = []
+    for name, rec in records.items():
+        for g in rec.get("goals", []):
+            rows.append([name, g["text"], f"{g['value']:.3g}", f"{g['op']} {g['threshold']:g}",
+                         "met" if g["met"] else "**not met**",
+                         "smoke" if rec["smoke"] else "full"])
+    return tabulate(rows, ["suite", "goal", "measured", "target", "", "run"], tablefmt="github",
+                    disable_numparse=True)
+
+
+def environment_table(records: dict) -> str:
+    """Where and when each record was measured, as Markdown."""
+    from tabulate import tabulate
+
+    rows = []
+    for name, rec in records.items():
+        e = rec["env"]
+        hw = e.get("gpu") or e.get("cpu", "?")
+        rows.append([name, "smoke" if rec["smoke"] else "full", e.get("date", "?"),
+                     e.get("device", "?"), hw, str(e.get("threads", "?")),
+                     str(e.get("load_average_1min", "?")), e.get("torch", "?"),
+                     f"{rec.get('wall_s', float('nan')):.0f} s"])
+    return tabulate(rows, ["suite", "run", "date (UTC)", "device", "hardware", "threads",
+                           "load avg.", "torch", "wall time"], tablefmt="github",
+                    disable_numparse=True)
+
+
+def plot_suite(rec: dict, axes, colors=None, goal_line: float | None = None):
+    """Left: median time against size on log-log axes, one line per contender, with the
+    interquartile range as error bars. Right: the ratio of each contender to the reference
+    (or, for the depth suite, the time per layer)."""
+    ax_t, ax_r = axes
+    sizes = [c["size"] for c in rec["cases"]]
+    ref = rec["reference"]
+    per_layer = rec["name"] == "depth"
+    for i, con in enumerate(rec["contenders"]):
+        color = None if colors is None else colors[i % len(colors)]
+        stats = [c["times"][con] for c in rec["cases"]]
+        t = [s["median"] * 1e3 for s in stats]
+        err = [[max(0.0, s["median"] - s.get("q1", s["median"])) * 1e3 for s in stats],
+               [max(0.0, s.get("q3", s["median"]) - s["median"]) * 1e3 for s in stats]]
+        ax_t.errorbar(sizes, t, yerr=err, marker="o", label=con, color=color, capsize=2)
+        if per_layer:
+            ax_r.plot(sizes, [tt / s for tt, s in zip(t, sizes)], marker="o", color=color)
+        elif con != ref:
+            ax_r.plot(sizes, [c["times"][con]["ratio"] for c in rec["cases"]], marker="o",
+                      color=color, label=con)
+    ax_t.set_xscale("log")
+    ax_t.set_yscale("log")
+    ax_t.set_xlabel(_xlabel(rec))
+    ax_t.set_ylabel("median time per call (ms)")
+    ax_r.set_xscale("log")
+    ax_r.set_xlabel(_xlabel(rec))
+    if per_layer:
+        ax_r.set_ylabel("time per layer (ms)")
+    else:
+        ax_r.axhline(1.0, color="0.5", lw=0.8)
+        if goal_line is not None:
+            ax_r.axhline(goal_line, color="0.3", lw=0.8, ls="--")
+        ax_r.set_ylabel(f"time / time of {ref}")
+        if rec["name"] == "jacobian":
+            ax_r.set_yscale("log")
+    if not (rec["name"] == "jacobian" and not per_layer):
+        ax_r.set_ylim(bottom=0)
+    for ax in (ax_t, ax_r):
+        _plain_ticks(ax.xaxis)
+    _plain_ticks(ax_t.yaxis)
+    if rec["name"] == "jacobian":
+        _plain_ticks(ax_r.yaxis)
+    ax_t.legend(fontsize=7)
+    return axes
+
+
+def _plain_ticks(axis):
+    """Logarithmic ticks at 1, 2, 5 x 10^k labelled as plain numbers."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _xlabel(rec: dict) -> str:
+    return {"smn": "numbers per tensor (N·C·H·W)", "pws_train": "batch size (images)",
+            "pws_eval": "batch size (images)", "jacobian": "layer width n",
+            "depth": "depth L (layers)"}.get(rec["name"], rec["size_name"])
+
+
+def slope(rec: dict, contender: str) -> float:
+    """Exponent of the power law time ~ size^k fitted to a contender's medians."""
+    return loglog_slope([c["size"] for c in rec["cases"]],
+                        [c["times"][contender]["median"] for c in rec["cases"]])

@@ -1,0 +1,128 @@
+"""Tests of gnelib.variance: variance-transmission predictions against Monte Carlo (tolerance
+4 standard errors) and the exact average-gradient identities."""
+import math
+
+import numpy as np
+import torch
+
+from gnelib.pws_models import PlainConvNet
+from gnelib.variance import (MEAN_PATH_SHARE, average_weight_gradient, bn_ws_correlation,
+                             filter_stats, forward_records, gradient_records, holding_alpha,
+                             pws_relu_gain, relu_moments, shift_gain, transmitted_second_moment,
+                             weight_records)
+
+
+def test_relu_moments_monte_carlo():
+    rng = np.random.default_rng(0)
+    q = 2.0
+    x = np.maximum(rng.normal(0, math.sqrt(q), 400_000), 0)
+    m2, mu2, var = relu_moments(q)
+    se_m2 = (x**2).std() / math.sqrt(x.size)
+    assert abs((x**2).mean() - m2) < 4 * se_m2
+    se_mu = x.std() / math.sqrt(x.size)
+    assert abs(x.mean() - math.sqrt(mu2)) < 4 * se_mu
+    assert abs(mu2 / m2 - MEAN_PATH_SHARE) < 1e-15
+
+
+def test_transmitted_second_moment_monte_carlo_with_shifted_filters():
+    """Theorem pws-transmission: E[y^2] averaged over filters, for fixed shifted weights and
+    i.i.d. ReLU inputs; tolerance 4 standard errors of the sample mean of y^2."""
+    rng = np.random.default_rng(1)
+    n, k, N = 64, 32, 200_000
+    w = rng.normal(0, math.sqrt(2 / n), (k, n)) + rng.normal(0, 3.0 / n, (k, 1))
+    x = np.maximum(rng.normal(0, 1, (N, n)), 0)
+    y2 = (x @ w.T) ** 2
+    m = w.mean(1)
+    v = w.var(1)
+    s = w.sum(1)
+    _, mu2, sigma2 = relu_moments(1.0)
+    pred = transmitted_second_moment(n, v.mean(), (s**2).mean(), sigma2, mu2)
+    per_sample = y2.mean(1)
+    se = per_sample.std() / math.sqrt(N)
+    assert abs(per_sample.mean() - pred) < 4 * se
+    assert np.allclose(m * n, s)
+
+
+def test_shift_gain_in_a_deep_chain():
+    """Corollary pws-shift-law: mean log per-layer gain of a shifted He ReLU chain vs
+    log(1 + c^2/2pi); tolerance 4 standard errors of the mean over layers and seeds."""
+    n, depth, N = 128, 12, 1024
+    for c in (0.0, 3.0):
+        logs = []
+        for seed in range(3):
+            g = torch.Generator().manual_seed(seed)
+            x = torch.relu(torch.randn(N, n, generator=g, dtype=torch.float64))
+            q_prev = None
+            for _ in range(depth):
+                w = torch.randn(n, n, generator=g, dtype=torch.float64) * math.sqrt(2 / n)
+                w = w + torch.randn(n, 1, generator=g, dtype=torch.float64) * c / n
+                y = x @ w.T
+                q = y.pow(2).mean().item()
+                if q_prev is not None:
+                    logs.append(math.log(q / q_prev))
+                q_prev, x = q, torch.relu(y)
+        logs = np.array(logs)
+        se = logs.std(ddof=1) / math.sqrt(logs.size)
+        assert abs(logs.mean() - math.log(shift_gain(c, n))) < 4 * se
+
+
+def test_pws_depth_decay_and_holding_alpha():
+    assert abs(pws_relu_gain(1.0) - (1 - 1 / math.pi)) < 1e-15
+    assert abs(pws_relu_gain(holding_alpha()) - 1.0) < 1e-14
+    assert abs(holding_alpha() - 1.2112) < 1e-4
+
+
+def test_average_gradient_is_input_mean_times_summed_output_gradient():
+    """Theorem pws-average-gradient, exact in float64 for a conv layer."""
+    g = torch.Generator().manual_seed(2)
+    conv = torch.nn.Conv1d(3, 5, 4, bias=False).double()
+    x = torch.relu(torch.randn(6, 3, 20, generator=g, dtype=torch.float64))
+    gy = torch.randn(6, 5, 17, generator=g, dtype=torch.float64)
+    conv(x).backward(gy)
+    gbar = average_weight_gradient(conv.weight.grad)
+    patches = x.unfold(2, 4, 1)  # (B, C, L', k)
+    xbar = patches.mean(dim=(1, 3))  # patch mean, (B, L')
+    pred = torch.einsum("bkp,bp->k", gy, xbar)
+    assert torch.allclose(gbar, pred, rtol=1e-12, atol=1e-14)
+
+
+def test_batchnorm_sums_output_gradient_to_zero():
+    g = torch.Generator().manual_seed(3)
+    bn = torch.nn.BatchNorm1d(5).double()
+    y = torch.randn(32, 5, 7, generator=g, dtype=torch.float64, requires_grad=True)
+    out = bn(y)
+    out.backward(torch.randn(out.shape, generator=g, dtype=torch.float64))
+    scale = y.grad.abs().max()
+    assert (y.grad.sum(dim=(0, 2)).abs() / scale).max() < 1e-12
+
+
+def test_bn_ws_correlation_monte_carlo():
+    """Proposition pws-bn-ws: corr(BN output, WS output) = sqrt(v/(v+m^2)) for i.i.d. inputs;
+    tolerance 4 standard errors of a correlation, (1 - r^2)/sqrt(N)."""
+    rng = np.random.default_rng(4)
+    n, N = 256, 20_000
+    x = rng.normal(0.7, 1.3, (N, n))
+    for shift in (0.0, 0.05):
+        w = rng.normal(0, math.sqrt(2 / n), n) + shift
+        y = x @ w
+        bn = (y - y.mean()) / y.std()
+        ws = x @ (w - w.mean())
+        r = np.corrcoef(bn, ws)[0, 1]
+        pred = bn_ws_correlation(w.var(), w.mean())
+        assert abs(r - pred) < 4 * (1 - pred**2) / math.sqrt(N) + 1e-4
+
+
+def test_records_are_tidy():
+    net = PlainConvNet(1, 8, 3, 10, norm="pws", generator=torch.Generator().manual_seed(5))
+    x = torch.randn(10, 40)
+    recs = forward_records(net, x, step=0)
+    assert [r["depth"] for r in recs] == [0, 1, 2, 3]
+    for r in recs:
+        assert abs(r["second_moment"] - (r["var"] + r["mean"] ** 2)) < 1e-9 * max(1, r["second_moment"])
+    w = weight_records(net, step=0)
+    assert all(abs(r["mean_abs_S"]) < 1e-4 for r in w[:3])  # PWS kernels sum to zero
+    net(x).sum().backward()
+    gr = gradient_records(net, step=0)
+    assert all(r["ratio"] < 1e-5 for r in gr[:3])
+    st = filter_stats(net.units[0][0].weight)
+    assert torch.allclose(st["S"], st["m"] * st["n"], rtol=1e-5, atol=1e-6)
