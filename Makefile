@@ -38,10 +38,10 @@ nbval: $(STAMP)
 	  --nbval-sanitize-with tests/nbval_sanitize.cfg build/smoke/notebooks/*.ipynb
 
 bench: $(STAMP)
-	$(BIN)/python -m benchmarks --all
+	$(BIN)/python -m benchmarks --all $(BENCH_ARGS)
 
 bench-smoke: $(STAMP)
-	$(BIN)/python -m benchmarks --all --smoke
+	$(BIN)/python -m benchmarks --all --smoke $(BENCH_ARGS)
 
 render-smoke: $(STAMP)
 	$(BIN)/python tools/book.py render --profile smoke

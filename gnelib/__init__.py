@@ -36,3 +36,7 @@ from .bn_gradients import (bn_chain_gaps, bn_forward, bn_inputs, layer_gradient_
                            layer_log_grad_norms, log_grad_norm_vs_depth,
                            log_grad_norms_at_depths, stack_weights)
 from .convnets import ResNet, SerialNet, activation_gain, make_conv_activation, resnet56
+from .fast import CompiledSecondMomentNorm, compiled_second_moment_norm
+from . import experiments, probe_model, store
+from .probe_model import BlockProbe, ModelProbe
+from .store import Store, StoreWarning

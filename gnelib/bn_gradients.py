@@ -26,7 +26,7 @@ from tqdm import tqdm
 from .bn_mlp import (BN_ACTIVATIONS, BN_INITS, NORMS, ORDERS, bn_activation, layer_gains,
                      paper_batch_norm, torch_batch_norm)
 from .errors import check_choice, check_positive_int
-from .isometry import haar_orthogonal, isometry_gaps
+from .isometry import haar_orthogonal, isometry_gaps, min_eigenvalue_ratios
 
 __all__ = ["stack_weights", "bn_forward", "log_grad_norms_at_depths", "layer_log_grad_norms",
            "log_grad_norm_vs_depth", "layer_gradient_profile", "bn_chain_gaps", "bn_inputs",
@@ -263,23 +263,28 @@ def layer_gradient_profile(depth: int, width: int = 32, batch: int = 32, *,
 @torch.no_grad()
 def bn_chain_gaps(x0: torch.Tensor, depth: int, init: str = "orthogonal", norm: str = "paper",
                   mean_reduction: bool = False, generator: torch.Generator | None = None,
-                  every: int = 1, threads: int | None = 1) -> np.ndarray:
+                  every: int = 1, threads: int | None = 1, statistic: str = "gap") -> np.ndarray:
     """The isometry gaps :math:`\\phi(X_\\ell)` along the linear BN chain
     :math:`X_{\\ell+1}=\\mathrm{Bn}(W_\\ell X_\\ell)` of Meterez et al. (2024), Theorem 1,
     with fresh ``d x d`` weights at every layer (Haar or Gaussian). ``x0`` is a stack
     ``(S, n, d)`` (batch-major); returns ``(S, K)`` gaps at layers ``0, every, 2 every, ..``
-    up to ``depth`` (:math:`\\phi(X_0)` first, ``+inf`` where degenerate)."""
+    up to ``depth`` (:math:`\\phi(X_0)` first, ``+inf`` where degenerate). With
+    ``statistic="min_eig"`` the ratio :math:`\\lambda_{\\min}/\\bar\\lambda` of
+    :func:`~gnelib.isometry.min_eigenvalue_ratios` instead, which shows how far below the
+    float64 rank threshold a collapsing batch falls."""
     check_positive_int("depth", depth)
     check_positive_int("every", every)
     check_choice("init", init, BN_INITS)
     check_choice("norm", norm, NORMS)
+    check_choice("statistic", statistic, ("gap", "min_eig"))
+    stat = isometry_gaps if statistic == "gap" else min_eigenvalue_ratios
     x = x0.to(torch.float64).cpu()
     S, n, d = x.shape
-    out = [isometry_gaps(x.transpose(-1, -2))]
+    out = [stat(x.transpose(-1, -2))]
     with torch_threads(threads):
         for ell in range(1, depth + 1):
             w = _weight(S, d, d, init, generator, torch.float64)
             x = bn_forward(x, [w], norm=norm, mean_reduction=mean_reduction)[0]
             if ell % every == 0:
-                out.append(isometry_gaps(x.transpose(-1, -2)))
+                out.append(stat(x.transpose(-1, -2)))
     return np.stack(out, 1)

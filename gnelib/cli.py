@@ -126,7 +126,9 @@ def _cmd_list(args) -> int:
 
 def _config(args, extra: dict):
     from . import experiments
+    from .repro import get_device
     try:
+        args.device = str(get_device(args.device))
         experiments.get(args.experiment)
         return experiments.make_config(args.experiment, args.profile, {**_key_values(args.set, "--set"), **extra})
     except ValueError as err:
@@ -167,6 +169,7 @@ def _cmd_sweep(args) -> int:
     from tabulate import tabulate
 
     from . import experiments
+    from .repro import get_device
     from .sweep import expand_grid, sweep
     if args.seeds < 1:
         raise UsageError(f"gne sweep: error: argument --seeds: must be an integer >= 1, got {args.seeds}")
@@ -175,6 +178,8 @@ def _cmd_sweep(args) -> int:
             raise UsageError(f"gne sweep: error: argument {flag}: must be an integer >= 1, got {v}")
     grid = {k: v.split(",") for k, v in _key_values(args.grid, "--grid").items()}
     try:
+        if args.scheduler is None:  # a remote cluster's devices are its own business
+            args.device = str(get_device(args.device))
         experiments.get(args.experiment)
         configs = expand_grid(args.experiment, grid, args.seeds, args.profile,
                               _key_values(args.set, "--set"))
@@ -228,6 +233,8 @@ def _cmd_probe(args) -> int:
     except RuntimeError as err:  # typically a shape mismatch between input and model
         raise UsageError(f"gne probe: error: argument --input-shape: the model does not accept "
                          f"input of shape {shape}: {str(err).splitlines()[0]}") from None
+    except ValueError as err:  # a block that is not called once, or not tensor to tensor
+        raise UsageError(f"gne probe: error: argument --blocks: {err}") from None
     print(pm.format_table(report))
     if args.json:
         from .reporting import atomic_write_json

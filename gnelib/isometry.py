@@ -15,7 +15,8 @@ import torch
 
 from .errors import check_positive_int
 
-__all__ = ["haar_orthogonal", "isometry_gap", "isometry_gaps", "isometry", "gram_eigenvalues"]
+__all__ = ["haar_orthogonal", "isometry_gap", "isometry_gaps", "isometry", "gram_eigenvalues",
+           "min_eigenvalue_ratios"]
 
 
 def haar_orthogonal(d: int, generator: torch.Generator | None = None,
@@ -114,3 +115,18 @@ def isometry_gaps(X) -> np.ndarray:
         phi = np.maximum(-np.mean(np.log1p((lam - m) / m), axis=-1), 0.0)
     out[ok] = phi[ok]
     return out
+
+
+def min_eigenvalue_ratios(X) -> np.ndarray:
+    """:math:`\\lambda_{\\min}/\\bar\\lambda` of the row Gram matrix :math:`XX^\\top` for every
+    matrix of a stack ``(..., d, n)``: 1 for an isometry, 0 for rank < d. Near the float64
+    rank threshold of :func:`isometry_gap`, :math:`(\\max(d,n)\\,\\varepsilon)^2\\,\\lambda_{\\max}/\\bar\\lambda`,
+    the value is rounding noise (the batch is numerically degenerate)."""
+    if isinstance(X, torch.Tensor):
+        X = X.detach().cpu().to(torch.float64).numpy()
+    x = np.asarray(X, dtype=np.float64)
+    d = x.shape[-2]
+    s = np.linalg.svd(x, compute_uv=False)
+    lam = np.zeros(x.shape[:-2] + (d,))
+    lam[..., : s.shape[-1]] = s ** 2
+    return lam.min(-1) / lam.mean(-1)

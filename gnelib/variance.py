@@ -32,7 +32,7 @@ def relu_moments(q):
 
 
 def mean_path_share(n=None):
-    """Lemma ``pws-relu-moments``: the share of a ReLU layer's second moment carried by the
+    r"""Lemma ``pws-relu-moments``: the share of a ReLU layer's second moment carried by the
     patch mean, :math:`E[\bar x^2]/E[x^2] = 1/\pi + (1-1/\pi)/n` for n units whose
     pre-activations are i.i.d. zero-mean Gaussians (1/pi as n grows)."""
     if n is None:
@@ -41,7 +41,7 @@ def mean_path_share(n=None):
 
 
 def random_weight_second_moment(n, s_w, c, m2, xbar2):
-    """Theorem ``pws-transmission`` (b): for weights :math:`w_{kj}=z_{kj}+\delta_k` drawn
+    r"""Theorem ``pws-transmission`` (b): for weights :math:`w_{kj}=z_{kj}+\delta_k` drawn
     independently of the inputs, z i.i.d. with mean 0 and variance s_w, and filter shifts
     with variance c^2/n^2, :math:`E[y^2] = n s_w E[x^2] + c^2 E[\bar x^2]` where
     :math:`E[x^2]` (``m2``) is the mean squared input entry and :math:`\bar x` the patch mean."""

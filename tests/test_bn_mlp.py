@@ -15,10 +15,12 @@ from gnelib.bn_mlp import BNMLP, PaperBatchNorm, layer_gains, paper_batch_norm, 
 
 @pytest.fixture(autouse=True)
 def float64_default():
-    """Compare in float64 (restored afterwards, so other test modules are unaffected)."""
+    """Compare in float64, on one torch thread (small matrices; both restored afterwards,
+    so other test modules are unaffected)."""
     old = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
-    yield
+    with torch_threads(1):
+        yield
     torch.set_default_dtype(old)
 
 

@@ -63,23 +63,25 @@ def test_dask_sweep_survives_a_killed_worker(tmp_path):
         killed = {}
         put = store.put
 
-        def put_then_kill(record):  # after the first result, kill a worker process
+        def put_then_kill(record):  # after the first result, kill a busy worker process
             path = put(record)
             if not killed:
-                addr, pid = sorted(client.run(os.getpid).items())[0]
-                killed["stored_before"] = len(list((tmp_path / NAME).glob("*.json")))
-                os.kill(pid, signal.SIGKILL)
-                killed["pid"] = pid
+                busy = {a: ks for a, ks in client.processing().items() if ks}
+                addr = sorted(busy)[0]
+                killed["in_flight"] = [k.removeprefix(f"gne-{NAME}-") for k in busy[addr]]
+                killed["pid"] = client.run(os.getpid)[addr]
+                os.kill(killed["pid"], signal.SIGKILL)
             return path
 
         store.put = put_then_kill
         res = sw.sweep(NAME, cfgs, store, client=client, progress=False)
-        assert killed["stored_before"] < len(cfgs)  # the kill came in the middle
+        assert killed["in_flight"]  # the killed worker was running part of the sweep
         client.wait_for_workers(2, timeout=60)
         assert killed["pid"] not in client.run(os.getpid).values()  # the worker really died
         assert not res.failures and res.computed == len(cfgs)
         keys = [r["key"] for r in res.records]
         assert Counter(keys) == Counter(store.key(NAME, c) for c in cfgs)  # each exactly once
+        assert set(killed["in_flight"]) <= set(keys)  # lost tasks were rerun elsewhere
         assert sorted(p.stem for p in (tmp_path / NAME).glob("*.json")) == sorted(keys)
         for cfg in cfgs:  # every stored record verifies and belongs to its configuration
             assert store.get(NAME, cfg)["config"] == experiments.config_dict(cfg)

@@ -8,8 +8,9 @@ import torch
 from gnelib.pws_models import PlainConvNet
 from gnelib.variance import (MEAN_PATH_SHARE, average_weight_gradient, bn_ws_correlation,
                              filter_stats, forward_records, gradient_records, holding_alpha,
-                             pws_relu_gain, relu_moments, shift_gain, transmitted_second_moment,
-                             weight_records)
+                             mean_path_share, pws_chain_records, pws_relu_gain,
+                             random_weight_second_moment, relu_moments, shift_gain,
+                             shifted_chain_records, transmitted_second_moment, weight_records)
 
 
 def test_relu_moments_monte_carlo():
@@ -44,26 +45,42 @@ def test_transmitted_second_moment_monte_carlo_with_shifted_filters():
 
 
 def test_shift_gain_in_a_deep_chain():
-    """Corollary pws-shift-law: mean log per-layer gain of a shifted He ReLU chain vs
-    log(1 + c^2/2pi); tolerance 4 standard errors of the mean over layers and seeds."""
-    n, depth, N = 128, 12, 1024
+    """Corollary pws-shift-law: mean per-layer gain q_l/q_{l-1} of a shifted He ReLU chain vs
+    1 + c^2/2pi (+ O(1/n)); each layer draws fresh weights, so each ratio has the predicted
+    conditional mean; tolerance 4 standard errors of the mean over layers and seeds. Also the
+    mean-path share of lemma pws-relu-moments."""
+    n, depth, N = 128, 8, 512
     for c in (0.0, 3.0):
-        logs = []
-        for seed in range(3):
-            g = torch.Generator().manual_seed(seed)
-            x = torch.relu(torch.randn(N, n, generator=g, dtype=torch.float64))
-            q_prev = None
-            for _ in range(depth):
-                w = torch.randn(n, n, generator=g, dtype=torch.float64) * math.sqrt(2 / n)
-                w = w + torch.randn(n, 1, generator=g, dtype=torch.float64) * c / n
-                y = x @ w.T
-                q = y.pow(2).mean().item()
-                if q_prev is not None:
-                    logs.append(math.log(q / q_prev))
-                q_prev, x = q, torch.relu(y)
-        logs = np.array(logs)
-        se = logs.std(ddof=1) / math.sqrt(logs.size)
-        assert abs(logs.mean() - math.log(shift_gain(c, n))) < 4 * se
+        runs = [shifted_chain_records(n, depth, N, c, generator=torch.Generator().manual_seed(s))
+                for s in range(4)]
+        ratios = np.array([r["gain"] for run in runs for r in run[1:]])
+        se = ratios.std(ddof=1) / math.sqrt(ratios.size)
+        assert abs(ratios.mean() - shift_gain(c, n)) < 4 * se
+        shares = np.array([r["mean_share"] for run in runs for r in run])
+        assert abs(shares.mean() - mean_path_share(n)) < 4 * shares.std(ddof=1) / math.sqrt(shares.size)
+
+
+def test_pws_chain_decays_by_one_minus_one_over_pi():
+    """Proposition pws-depth-decay: ratio of consecutive second moments in a PWS ReLU chain."""
+    runs = [pws_chain_records(128, 8, 512, 1.0, shift=3.0, generator=torch.Generator().manual_seed(s))
+            for s in range(3)]
+    ratios = np.array([b["second_moment"] / a["second_moment"] for run in runs
+                       for a, b in zip(run, run[1:])])
+    se = ratios.std(ddof=1) / math.sqrt(ratios.size)
+    assert abs(ratios.mean() - pws_relu_gain(1.0)) < 4 * se
+    init = pws_chain_records(64, 4, 256, data_init=True, generator=torch.Generator().manual_seed(9))
+    assert all(abs(r["var"] - 2.0) < 1e-4 for r in init)
+
+
+def test_random_weight_second_moment_monte_carlo():
+    """Theorem pws-transmission (b): average over fresh shifted weights for fixed inputs."""
+    rng = np.random.default_rng(5)
+    n, N, draws, c = 32, 64, 4000, 4.0
+    x = np.maximum(rng.normal(0, 1, (N, n)), 0) + 0.3
+    w = rng.normal(0, math.sqrt(2 / n), (draws, n)) + rng.normal(0, c / n, (draws, 1))
+    y2 = ((x @ w.T) ** 2).mean(0)  # one value per weight draw
+    pred = random_weight_second_moment(n, 2 / n, c, (x**2).mean(), (x.mean(1) ** 2).mean())
+    assert abs(y2.mean() - pred) < 4 * y2.std(ddof=1) / math.sqrt(draws)
 
 
 def test_pws_depth_decay_and_holding_alpha():

@@ -1,0 +1,84 @@
+"""The chapter's experiment functions, at tiny sizes; includes the `full` profile's code path
+(its data choice and settings), which cannot be run at scale on a CPU."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from gnelib import bn_experiments as bx
+from gnelib.bn_gradients import layer_gradient_profile, log_grad_norm_vs_depth, torch_threads
+from gnelib.profiles import SIZES
+
+
+def gen(s):
+    return torch.Generator().manual_seed(s)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    with torch_threads(1):
+        yield
+
+
+def test_profiles_share_keys():
+    keys = {p: set(v) for p, v in SIZES["bn"].items()}
+    assert keys["smoke"] == keys["book"] == keys["full"]
+    for p, v in SIZES["bn"].items():
+        assert v["slope_from"] in v["depths"] and v["slope_from"] < max(v["depths"]), p
+        assert 1.0 in v["rate_alphas"], p
+        assert v["local_window"][1] <= v["local_depth"], p
+        assert len(v["local_widths"]) >= 2 and len(v["train_depths"]) >= 2, p
+
+
+def test_yang_rate_and_slope_stats():
+    assert bx.yang_rate(100) == pytest.approx(0.5 * math.log(98 / 97))
+    assert bx.yang_rate(32, centred=False) == pytest.approx(0.5 * math.log(31 / 30))
+    with pytest.raises(ValueError, match="batch"):
+        bx.yang_rate(3)
+    xs = np.arange(10.0)
+    vals = np.stack([2.0 * xs + 1, 2.0 * xs - 3, 2.0 * xs])
+    s, se = bx.slope_stats(xs, vals, lo=2, hi=8)
+    assert s == pytest.approx(2.0) and se == pytest.approx(0.0, abs=1e-12)
+    assert bx.slope_stats(xs, vals, sign=-1.0)[0] == pytest.approx(-2.0)
+    with pytest.raises(ValueError, match="two points"):
+        bx.slope_stats(xs, vals, lo=9.5)
+
+
+def test_small_experiments_run():
+    mono = bx.monotonicity_paths(6, 3, 10, gen(0))
+    assert mono["gaps"].shape == (3, 11) and mono["identity_rel_err"] < 1e-8
+    assert mono["max_rel_increase"] < 0
+    rows = bx.weingarten_mc_table(5, 500, gen(1))
+    assert len(rows) == len(bx.MOMENT_PATTERNS) and all(r["se"] > 0 for r in rows)
+    t3 = bx.theorem3_one_step(6, 300, gen(2))
+    assert t3["bound"] >= 1 and t3["ratio"] > t3["bound"] - 4 * t3["se"]
+    loc = bx.local_decay(8, 3, 30, [5, 30], gen(3))
+    assert loc["gaps"].shape == (3, 31) and 0 < loc["decay"] < 1
+    one = bx.one_step_contraction(8, 300, gen(4))
+    assert one["predicted"] == pytest.approx(0.8)
+
+
+@pytest.mark.parametrize("profile", ["smoke", "full"])
+def test_profile_code_path_tiny(profile):
+    """Every call the chapter makes, with the profile's settings and tiny sizes: for `full`
+    this exercises CIFAR-10 loading (or its MNIST-1D fallback) and the training path."""
+    S = SIZES["bn"][profile]
+    depths = [2, 4, 6]
+    g = log_grad_norm_vs_depth(depths, 6, 6, seeds=2, seed=0, init="gaussian")
+    assert g.shape == (2, 3) and np.isfinite(g).all()
+    for al in S["rate_alphas"][:2]:
+        p = layer_gradient_profile(8, 6, 6, norm="torch", activation="sin", gain=al, seeds=2)
+        assert p.shape == (2, 8) and np.isfinite(p).all()
+    data, name = bx.load_bn_training_data(S["train_data"], gen(5))
+    assert name in bx.TRAIN_DATA
+    small = data.subset(64, 32)
+    res = bx.train_bn_depths(small, [2, 4], 8, 3, S["train_lr"], gen(6), activation="tanh",
+                             gain_exponent=S["gain_exponent"])
+    assert [r.depth for r in res] == [2, 4]
+    for r in res:
+        assert len(r.loss) == 3 and not r.diverged
+        assert len(r.weight_gaps) == r.depth - 1 and np.isfinite(r.middle_gap)
+        assert 0 <= r.train_acc <= 1 and 0 <= r.test_acc <= 1
+    with pytest.raises(ValueError, match="train_data"):
+        bx.load_bn_training_data("mnist", gen(0))
