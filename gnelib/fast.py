@@ -5,11 +5,14 @@ written in plain torch ops. Run eagerly, each op is its own pass over the tensor
 no faster than ``nn.BatchNorm2d``'s fused kernel on a CPU. Compiled with ``torch.compile``
 (inductor), the forward :math:`s_c=\\sqrt{\\tfrac1M\\sum x^2}`,
 :math:`y=\\gamma_c x/(s_c+\\epsilon)+\\beta_c` and the backward that autograd derives from it
-are fused into a few loops, which is where SMN's saving over batch norm (one reduction
-instead of mean and variance; Chen et al. 2020) can show.
+are fused into a few loops, which is where SMN's saving over batch norm (one statistic, the
+second moment, instead of the mean and the variance; Chen et al. 2020) can show. Whether it
+does on a given machine is measured by ``benchmarks/bench_smn.py`` (the book's Performance
+page).
 
-Compilation is lazy (at the first call for each input shape, tens of seconds on a CPU) and is
-skipped, with a fallback to the eager code, when ``torch.compile`` is missing, when the
+Compilation is lazy (at the first call for each input shape, seconds to tens of seconds on a
+CPU; with ``dynamic=None``, torch's default, a second shape triggers one dynamic-shape graph
+that serves all later shapes) and is skipped, with a fallback to the eager code, when ``torch.compile`` is missing, when the
 environment variable ``GNE_COMPILE=0`` is set, or when compiling fails (for instance no C
 compiler for inductor's CPU backend); :attr:`CompiledFunction.compiled` says which ran.
 """

@@ -63,6 +63,12 @@ def gram_eigenvalues(X) -> np.ndarray:
     return np.sort(lam)
 
 
+def _log_ratio(lam, m):
+    """log(lam / m), accurately both near 1 (log1p of the difference) and near 0."""
+    q = lam / m
+    return np.where(q < 0.5, np.log(q), np.log1p((lam - m) / m))
+
+
 def isometry_gap(X) -> float:
     """The isometry gap of Meterez et al. (2024), eq. (2) (from Joudaki et al. 2023):
 
@@ -74,7 +80,8 @@ def isometry_gap(X) -> float:
     dependent (rank < d; for square ``X`` the same as dependent columns), judged
     numerically as numpy's ``matrix_rank`` does (smallest singular value at most
     ``max(d, n) * eps`` times the largest). Computed from singular values in float64, so
-    gaps down to about 1e-14 are resolved.
+    gaps down to about 1e-14 are resolved, and far from isometry the small eigenvalues keep
+    their relative accuracy.
     """
     x = _as_numpy(X)
     d, n = x.shape
@@ -83,9 +90,7 @@ def isometry_gap(X) -> float:
         return math.inf
     s = s / s[0]  # scale-free; avoids under/overflow
     lam = s ** 2
-    # phi = -mean log(lam / mean lam), written with log1p for accuracy near isometry
-    m = lam.mean()
-    return float(max(-np.mean(np.log1p((lam - m) / m)), 0.0))
+    return float(max(-np.mean(_log_ratio(lam, lam.mean())), 0.0))
 
 
 def isometry(X) -> float:
@@ -112,7 +117,7 @@ def isometry_gaps(X) -> np.ndarray:
     lam = (s / np.where(top > 0, top, 1.0)) ** 2
     m = lam.mean(-1, keepdims=True)
     with np.errstate(divide="ignore", invalid="ignore"):
-        phi = np.maximum(-np.mean(np.log1p((lam - m) / m), axis=-1), 0.0)
+        phi = np.maximum(-np.mean(_log_ratio(lam, m), axis=-1), 0.0)
     out[ok] = phi[ok]
     return out
 

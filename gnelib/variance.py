@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .errors import check_positive_int
+
 __all__ = ["relu_moments", "mean_path_share", "random_weight_second_moment", "transmitted_second_moment", "shift_gain", "MEAN_PATH_SHARE",
            "pws_relu_gain", "pws_gain", "holding_alpha", "bn_ws_correlation", "filter_stats",
            "filter_sums", "average_weight_gradient", "weight_layers", "weight_records",
@@ -209,6 +211,12 @@ def forward_records(model: nn.Module, x: torch.Tensor, step: int | None = None,
 
 # --------------------------------------------------------------------------- chains
 
+def _check_chain(width, depth, n_samples):
+    check_positive_int("width", width)
+    check_positive_int("depth", depth)
+    check_positive_int("n_samples", n_samples, minimum=2)
+
+
 def shifted_chain_records(width: int, depth: int, n_samples: int, c: float = 0.0,
                           generator: torch.Generator | None = None) -> list[dict]:
     """A ReLU chain of ``depth`` He-initialised dense layers (float64, no bias) whose filters
@@ -218,6 +226,7 @@ def shifted_chain_records(width: int, depth: int, n_samples: int, c: float = 0.0
     q_l/q_{l-1}, and the mean-path share of the ReLU output: the mean over samples of the
     squared per-sample mean over units (the patch mean of the next layer), over the second
     moment (:func:`mean_path_share`)."""
+    _check_chain(width, depth, n_samples)
     g = generator if generator is not None else torch.Generator().manual_seed(0)
     x = torch.relu(torch.randn(n_samples, width, generator=g, dtype=torch.float64))
     recs, q_prev = [], None
@@ -244,6 +253,7 @@ def pws_chain_records(width: int, depth: int, n_samples: int, alpha: float = 1.0
     pre-activation (proposition ``pws-depth-decay``)."""
     from .pws import PWSConv1d
 
+    _check_chain(width, depth, n_samples)
     g = generator if generator is not None else torch.Generator().manual_seed(0)
     x = torch.randn(n_samples, width, 1, generator=g)
     recs = []

@@ -143,3 +143,11 @@ def test_records_are_tidy():
     assert all(r["ratio"] < 1e-5 for r in gr[:3])
     st = filter_stats(net.units[0][0].weight)
     assert torch.allclose(st["S"], st["m"] * st["n"], rtol=1e-5, atol=1e-6)
+
+
+def test_chain_parameter_errors():
+    import pytest
+    with pytest.raises(ValueError, match="width"):
+        shifted_chain_records(0, 3, 10)
+    with pytest.raises(ValueError, match="n_samples"):
+        pws_chain_records(8, 3, 1)
