@@ -25,8 +25,9 @@ from .layers import (CenteredConv1d, CenteredConv2d, L1MomentNorm, SecondMomentN
                      standardized_weight)
 from .bdi_inits import CONV_INITS, delta_orthogonal_, fixup_scale, haar_orthogonal_, init_model_
 from .pws import (CentredConv1d, CentredConv2d, PWSConv1d, PWSConv2d, WSConv1d, WSConv2d,
-                  centred_kernel, pws_kernel, wn_conv, ws_kernel)
+                  centred_kernel, pws_kernel, wn_conv, wn_linear, ws_kernel)
 from .pws_models import NORMS, NormMLP, PlainConvNet, PWSResNet, teacher_data
+from . import variance
 from .variance import (average_weight_gradient, filter_sums, forward_records, gradient_records,
                        weight_records)
 from .isometry import gram_eigenvalues, haar_orthogonal, isometry, isometry_gap, isometry_gaps

@@ -296,7 +296,7 @@ def gaussian_gap_growth(width: int, paths: int, steps: int, generator: torch.Gen
         r = (xp ** 2).sum(-1)
         x = row_bn(xp)
         new = isometry_gaps(x)
-        ld = -np.linalg.slogdet(w @ w.transpose(0, 2, 1))[1] / d
+        ld = -2 * np.linalg.slogdet(w)[1] / d  # log det(W W^T) = 2 log|det W|
         lr = np.log(r).mean(-1)
         err = max(err, float(np.max(np.abs(new - phi - ld - lr))))
         inc.append(new - phi)

@@ -31,6 +31,13 @@ def _reduce_dims(x: torch.Tensor) -> list[int]:
     return [0] + list(range(2, x.ndim))
 
 
+def _under_transform(x: torch.Tensor) -> bool:
+    """True inside torch.func transforms (vmap/grad/jvp), where buffers must not be mutated."""
+    if torch.compiler.is_compiling():
+        return False
+    return torch._C._functorch.is_functorch_wrapped_tensor(x)
+
+
 def _channel_view(t: torch.Tensor, ndim: int) -> torch.Tensor:
     return t.reshape((1, -1) + (1,) * (ndim - 2))
 
@@ -153,7 +160,7 @@ class SecondMomentNorm(nn.Module):
         else:
             y = second_moment_norm(x, self.weight, self.bias, self.eps)
             s = None
-        if self.momentum > 0 and not torch._C._functorch.is_functorch_wrapped_tensor(x):
+        if self.momentum > 0 and not _under_transform(x):
             with torch.no_grad():
                 if s is None:
                     s = x.pow(2).mean(_reduce_dims(x), keepdim=True).sqrt()
@@ -186,7 +193,7 @@ class L1MomentNorm(nn.Module):
                              f"got {tuple(x.shape)}")
         if self.training:
             mu = x.abs().mean(_reduce_dims(x), keepdim=True)
-            if self.momentum > 0 and not torch._C._functorch.is_functorch_wrapped_tensor(x):
+            if self.momentum > 0 and not _under_transform(x):
                 with torch.no_grad():
                     self.running_l1.lerp_(mu.reshape(-1).to(self.running_l1.dtype), self.momentum)
         else:

@@ -34,7 +34,7 @@ SIZES: dict[str, dict[str, dict]] = {
     "bdi": {
         "smoke": dict(mlp_width=128, depths=[1, 2, 4, 8], seeds=6, probes=8, batch=4,
                       add_width=128, add_draws=6, res_width=64, res_seeds=4,
-                      stack_widths=[128, 512], stack_batch=256, stack_depth=6, stack_seeds=2,
+                      stack_widths=[128, 256], stack_batch=256, stack_depth=6, stack_seeds=2,
                       sws_channels=8, selu_width=96, selu_depth=12, selu_seeds=4,
                       net_width=8, net_image=8, net_batch=8, net_draws=6, full_grid=False,
                       train_width=4, train_steps=12, train_batch=32, train_data="mnist1d",
@@ -44,7 +44,7 @@ SIZES: dict[str, dict[str, dict]] = {
                      stack_widths=[256, 512, 1024], stack_batch=512, stack_depth=10,
                      stack_seeds=3, sws_channels=16, selu_width=256, selu_depth=32,
                      selu_seeds=6, net_width=8, net_image=16, net_batch=32, net_draws=10,
-                     full_grid=True, train_width=8, train_steps=400, train_batch=64,
+                     full_grid=True, train_width=8, train_steps=150, train_batch=64,
                      train_data="mnist1d", train_n=None, train_evals=10, timing_scale=4, timing_repeats=5),
         "full": dict(mlp_width=512, depths=[1, 2, 4, 8, 16, 32], seeds=16, probes=32, batch=8,
                      add_width=1024, add_draws=16, res_width=256, res_seeds=8,
@@ -117,7 +117,7 @@ SIZES: dict[str, dict[str, dict]] = {
             rate_depth=1000,
             rate_window=[100, 900], rate_alphas=[0.15, 0.25, 0.35, 0.5, 0.7, 0.9, 1.0],
             rate_seeds=10, gain_exponent=0.4, train_width=100,
-            train_depths=[100, 500, 1000], train_steps=20000, train_lr=0.001,
+            train_depths=[100, 500, 1000], train_steps=10000, train_lr=0.001,
             train_data="cifar10"),
     },
     # Appendix: using gnelib on your own model.

@@ -82,3 +82,17 @@ def test_profile_code_path_tiny(profile):
         assert 0 <= r.train_acc <= 1 and 0 <= r.test_acc <= 1
     with pytest.raises(ValueError, match="train_data"):
         bx.load_bn_training_data("mnist", gen(0))
+
+
+def test_gaussian_gap_growth_identity_and_bartlett():
+    """Our Proposition: phi' - phi = -log det(W W^T)/d + mean_j log r_j pathwise, and
+    E[-log det(W W^T)/d] = Delta_d (Bartlett); the log r term is <= 0 on average (Jensen)."""
+    d = 12
+    r = bx.gaussian_gap_growth(d, 400, 1, gen(7))
+    assert r["identity_abs_err"] < 1e-9
+    ld = r["logdet_term"].ravel()
+    assert abs(ld.mean() - bx.gaussian_gap_rate(d)) < 4 * ld.std(ddof=1) / math.sqrt(ld.size)
+    lr = r["logr_term"].ravel()
+    assert lr.mean() < 0
+    from scipy.special import digamma
+    assert bx.gaussian_gap_rate(1) == pytest.approx(-math.log(2) - digamma(0.5))  # E log chi2_1
