@@ -58,7 +58,7 @@ class Settings:
 
 
 SMOKE = Settings(min_run_time=0.01, rounds=2, warmup=1, smoke=True)
-FULL = Settings(min_run_time=0.2, rounds=3, warmup=2, smoke=False)
+FULL = Settings(min_run_time=0.1, rounds=6, warmup=2, smoke=False)
 
 
 @dataclass

@@ -6,6 +6,7 @@ import json
 
 from . import SUITES, runner
 from .harness import SMOKE, format_table, loglog_slope, result_path
+from .harness import median_ratio as _median_ratio
 
 
 def load(name: str, prefer_smoke: bool = False) -> dict | None:
@@ -154,6 +155,11 @@ def _xlabel(rec: dict) -> str:
     return {"smn": "numbers per tensor (N·C·H·W)", "pws_train": "batch size (images)",
             "pws_eval": "batch size (images)", "jacobian": "layer width n",
             "depth": "depth L (layers)"}.get(rec["name"], rec["size_name"])
+
+
+def median_ratio(rec: dict, num: str, den: str) -> float:
+    """Median over the record's cases of time(num) / time(den)."""
+    return _median_ratio(rec["cases"], num, den)
 
 
 def slope(rec: dict, contender: str) -> float:

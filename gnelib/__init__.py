@@ -30,7 +30,8 @@ from .pws_models import NORMS, NormMLP, PlainConvNet, PWSResNet, teacher_data
 from . import variance
 from .variance import (average_weight_gradient, filter_sums, forward_records, gradient_records,
                        weight_records)
-from .isometry import gram_eigenvalues, haar_orthogonal, isometry, isometry_gap, isometry_gaps
+from .isometry import (gram_eigenvalues, haar_orthogonal, isometry, isometry_gap, isometry_gaps,
+                       min_eigenvalue_ratios)
 from .weingarten import coset_type, haar_moment, pair_partitions, weingarten_orthogonal
 from .bn_mlp import BNMLP, PaperBatchNorm, layer_gains, paper_batch_norm, torch_batch_norm
 from .bn_gradients import (bn_chain_gaps, bn_forward, bn_inputs, layer_gradient_profile,

@@ -19,7 +19,7 @@ from torch.nn import functional as F
 from .errors import check_positive, check_positive_int
 
 __all__ = [
-    "second_moment_norm", "SecondMomentNormFunction", "SecondMomentNorm", "L1MomentNorm",
+    "second_moment_norm", "SecondMomentNormFunction", "SecondMomentNormFunctionJvp", "SecondMomentNorm", "L1MomentNorm",
     "centered_weight", "standardized_weight", "CenteredConv1d", "CenteredConv2d",
     "SWSConv1d", "SWSConv2d", "SWSLinear",
 ]
@@ -66,9 +66,9 @@ class SecondMomentNormFunction(torch.autograd.Function):
 
     Inputs ``(x, s, weight, bias, eps)``: ``s`` is the per-channel root mean square of ``x``,
     computed by the caller without gradient (it is also the running statistic); the backward
-    accounts for its dependence on ``x``. A forward-mode rule (``jvp``) makes it usable with
-    ``torch.func``: :math:`\\dot y=a\\dot x-\\frac{a x}{s+\\epsilon}\\frac{\\sum x\\dot x}{Ms}
-    +\\frac{x}{s+\\epsilon}\\dot\\gamma+\\dot\\beta`.
+    accounts for its dependence on ``x``. This class has no forward-mode rule, so
+    ``torch.compile`` can trace it; :class:`SecondMomentNormFunctionJvp` adds one for
+    ``torch.func`` transforms.
     """
 
     generate_vmap_rule = True
@@ -82,7 +82,6 @@ class SecondMomentNormFunction(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         x, s, weight, bias, eps = inputs
         ctx.save_for_backward(x, s, weight)
-        ctx.save_for_forward(x, s, weight)
         ctx.eps = eps
 
     @staticmethod
@@ -97,6 +96,20 @@ class SecondMomentNormFunction(torch.autograd.Function):
         dgamma = (big_s * inv).reshape(-1)
         dbeta = dy.sum(dims)
         return dx, None, dgamma, dbeta, None
+
+
+class SecondMomentNormFunctionJvp(SecondMomentNormFunction):
+    """:class:`SecondMomentNormFunction` plus the forward-mode rule, for ``torch.func``
+    (``jvp``, ``jacfwd``):
+    :math:`\\dot y=a\\dot x-\\frac{a x}{s+\\epsilon}\\frac{\\sum x\\dot x}{Ms}
+    +\\frac{x}{s+\\epsilon}\\dot\\gamma+\\dot\\beta`."""
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, s, weight, bias, eps = inputs
+        ctx.save_for_backward(x, s, weight)
+        ctx.save_for_forward(x, s, weight)
+        ctx.eps = eps
 
     @staticmethod
     def jvp(ctx, dx, ds, dweight, dbias, deps):
@@ -156,7 +169,8 @@ class SecondMomentNorm(nn.Module):
         if self.closed_form:
             with torch.no_grad():
                 s = x.pow(2).mean(_reduce_dims(x), keepdim=True).sqrt()
-            y = SecondMomentNormFunction.apply(x, s, self.weight, self.bias, self.eps)
+            fn = SecondMomentNormFunctionJvp if _under_transform(x) else SecondMomentNormFunction
+            y = fn.apply(x, s, self.weight, self.bias, self.eps)
         else:
             y = second_moment_norm(x, self.weight, self.bias, self.eps)
             s = None

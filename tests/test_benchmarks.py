@@ -148,16 +148,18 @@ def _smn_pair(compiled_cls_kw, c=3):
     for m in (ref, new):
         xi = x.clone().requires_grad_(True)
         y = m(xi)
-        y.backward(g)
-        outs.append((y.detach(), xi.grad, m.weight.grad, m.bias.grad, m.running_rms.clone()))
+        grads = torch.autograd.grad(y, (xi, m.weight, m.bias), g)
+        outs.append((y.detach(), *grads, m.running_rms.clone()))
     return outs, new
 
 
-def test_compiled_smn_matches_the_library_smn():
-    # aot_eager: dynamo capture and AOTAutograd's derived backward, without code generation
-    # (inductor would compile C++ for tens of seconds; the benchmarks exercise it)
+@pytest.mark.parametrize("kw", [dict(backward="closed_form", backend="eager"),
+                                dict(backward="autograd", backend="aot_eager")])
+def test_compiled_smn_matches_the_library_smn(kw):
+    # eager / aot_eager backends: dynamo capture (and AOTAutograd's derived backward) without
+    # code generation (inductor would compile C++ for seconds; the benchmarks exercise it)
     fast.reset_compiled()
-    (ref, new), module = _smn_pair(dict(backend="aot_eager"))
+    (ref, new), module = _smn_pair(kw)
     assert module.compiled  # the compiled path really ran
     for a, b in zip(ref, new):
         torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12)
@@ -168,13 +170,30 @@ def test_compiled_smn_matches_the_library_smn():
     torch.testing.assert_close(module(x), expected)
 
 
+def test_like_for_like_batch_norm_closed_form_matches_autograd():
+    from benchmarks.bench_smn import batch_norm_plain, bn_backward, bn_forward
+
+    gen = torch.Generator().manual_seed(3)
+    x, g = (torch.randn(4, 3, 5, 5, generator=gen, dtype=torch.float64) for _ in range(2))
+    w = torch.rand(3, generator=gen, dtype=torch.float64) + 0.5
+    b = torch.randn(3, generator=gen, dtype=torch.float64)
+    y, mu, rstd = bn_forward(x, w, b, 1e-5)
+    torch.testing.assert_close(y, torch.nn.functional.batch_norm(
+        x, None, None, w, b, training=True, eps=1e-5), rtol=1e-12, atol=1e-12)
+    xs, ws, bs = (t.clone().requires_grad_(True) for t in (x, w, b))
+    expected = torch.autograd.grad(batch_norm_plain(xs, ws, bs, 1e-5), (xs, ws, bs), g)
+    for got, want in zip(bn_backward(g, x, mu, rstd, w), expected):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
 def test_compile_disabled_by_environment_runs_eagerly(monkeypatch):
     monkeypatch.setenv(fast.COMPILE_ENV, "0")
     fast.reset_compiled()
     try:
         (ref, new), module = _smn_pair(dict(backend="eager"))
         assert not module.compiled
-        assert "GNE_COMPILE" in fast.compiled_second_moment_norm(backend="eager").inner.reason
+        assert not fast.compiled_second_moment_norm(backend="eager").compiled()
+        assert "GNE_COMPILE" in fast._kernels("eager", None, None).forward.reason
         for a, b in zip(ref, new):
             torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12)
     finally:
@@ -195,3 +214,7 @@ def test_fast_parameter_checks():
         fast.CompiledFunction(lambda x: x, backend="")
     with pytest.raises(ValueError, match="num_features"):
         fast.CompiledSecondMomentNorm(0)
+    with pytest.raises(ValueError, match="backward"):
+        fast.CompiledSecondMomentNorm(3, backward="numeric")
+    with pytest.raises(ValueError, match="backward"):
+        fast.compiled_second_moment_norm(backward="numeric")
