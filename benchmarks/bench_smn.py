@@ -11,8 +11,10 @@ into a leaf's ``.grad``, as for a layer inside a network). Contenders:
 - ``BN eager``: batch norm in plain ops (:func:`batch_norm_plain`), autograd backward;
 - ``SMN compiled``: :class:`gnelib.fast.CompiledSecondMomentNorm`, what the library ships:
   forward and closed-form backward, each compiled with ``torch.compile``;
-- ``BN compiled``: batch norm written and compiled the same way (:func:`bn_forward`,
-  closed-form :func:`bn_backward`): like for like, so the ratio measures the algorithm;
+- ``BN compiled`` and ``BN compiled, two-pass``: batch norm written and compiled the same
+  way (:func:`bn_forward` with one ``var_mean`` pass, or :func:`bn_forward_two_pass`, and
+  the closed-form :func:`bn_backward`): like for like, so the ratio measures the algorithm;
+  the goal compares with the faster of the two, shape by shape;
 - ``SMN compiled, autograd bwd`` and ``BN compiled, autograd bwd``: the plain-ops layers
   compiled with the backward that autograd derives (AOTAutograd).
 
@@ -57,6 +59,16 @@ def bn_forward(x, weight, bias, eps: float):
     view = (1, -1) + (1,) * (x.ndim - 2)
     var, mu = torch.var_mean(x, reduce_dims(x), correction=0, keepdim=True)
     rstd = torch.rsqrt(var + eps)
+    return (x - mu) * (weight.reshape(view) * rstd) + bias.reshape(view), mu, rstd
+
+
+def bn_forward_two_pass(x, weight, bias, eps: float):
+    """:func:`bn_forward` with the mean and the variance in two passes (the mean, then the
+    mean squared deviation) instead of one ``var_mean`` (Welford) pass."""
+    dims = reduce_dims(x)
+    view = (1, -1) + (1,) * (x.ndim - 2)
+    mu = x.mean(dims, keepdim=True)
+    rstd = torch.rsqrt((x - mu).pow(2).mean(dims, keepdim=True) + eps)
     return (x - mu) * (weight.reshape(view) * rstd) + bias.reshape(view), mu, rstd
 
 
@@ -131,8 +143,10 @@ def make_case(shape, device, backend: str, generator: torch.Generator) -> Case:
                                            backend=backend).to(device).train()
         kernels = (CompiledFunction(bn_forward, backend=backend),
                    CompiledFunction(bn_backward, backend=backend))
+        kernels2 = (CompiledFunction(bn_forward_two_pass, backend=backend),
+                    CompiledFunction(bn_backward, backend=backend))
         cbn_ag = CompiledFunction(_bn_autograd_train, backend=backend)
-        held.update(csmn=csmn, csmn_ag=csmn_ag, cbn=kernels, cbn_ag=cbn_ag)
+        held.update(csmn=csmn, csmn_ag=csmn_ag, cbn=kernels + kernels2, cbn_ag=cbn_ag)
 
         def params(m):
             return (m.weight, m.bias)
@@ -143,6 +157,8 @@ def make_case(shape, device, backend: str, generator: torch.Generator) -> Case:
             "SMN compiled": _step(csmn, x, g, params(csmn)),
             "BN compiled": _step(lambda z: CompiledBatchNormFunction.apply(
                 z, weight, bias, 1e-5, kernels), x, g, (weight, bias)),
+            "BN compiled, two-pass": _step(lambda z: CompiledBatchNormFunction.apply(
+                z, weight, bias, 1e-5, kernels2), x, g, (weight, bias)),
             "SMN compiled, autograd bwd": _step(csmn_ag, x, g, params(csmn_ag)),
             "BN compiled, autograd bwd": _step(lambda z: cbn_ag(z, weight, bias, 1e-5)[0], x, g,
                                                (weight, bias)),
@@ -160,10 +176,21 @@ def make_case(shape, device, backend: str, generator: torch.Generator) -> Case:
                 params={"shape": list(shape)}, extra=extra)
 
 
+def like_for_like(case: dict) -> float:
+    """SMN compiled over the faster of the two batch norms written and compiled the same
+    way (one-pass ``var_mean`` or two-pass statistics), for one case."""
+    t = case["times"]
+    return t["SMN compiled"]["median"] / min(t["BN compiled"]["median"],
+                                             t["BN compiled, two-pass"]["median"])
+
+
 def _goals(rec):
     cases = rec["cases"]
-    return [goal("SMN compiled / BN compiled (like for like), median over shapes",
-                 median_ratio(cases, "SMN compiled", "BN compiled"), "<=", 0.77),
+    lfl = sorted(like_for_like(c) for c in cases)
+    mid = len(lfl) // 2
+    med = lfl[mid] if len(lfl) % 2 else (lfl[mid - 1] + lfl[mid]) / 2
+    return [goal("SMN compiled / faster BN compiled the same way (like for like), median "
+                 "over shapes", med, "<=", 0.77),
             goal("SMN compiled / BatchNorm2d, median over shapes",
                  median_ratio(cases, "SMN compiled", REFERENCE), "<=", 0.5)]
 

@@ -101,7 +101,8 @@ def plot_suite(rec: dict, axes, colors=None, goal_line: float | None = None):
     interquartile range as error bars. Right: the ratio of each contender to the reference
     (or, for the depth suite, the time per layer)."""
     ax_t, ax_r = axes
-    sizes = [c["size"] for c in rec["cases"]]
+    categorical = rec["name"] == "smn"  # batch scaled to a fixed budget: shapes, not sizes
+    sizes = list(range(len(rec["cases"]))) if categorical else [c["size"] for c in rec["cases"]]
     ref = rec["reference"]
     per_layer = rec["name"] == "depth"
     for i, con in enumerate(rec["contenders"]):
@@ -116,29 +117,36 @@ def plot_suite(rec: dict, axes, colors=None, goal_line: float | None = None):
         elif con != ref:
             ax_r.plot(sizes, [c["times"][con]["ratio"] for c in rec["cases"]], marker="o",
                       color=color, label=con)
-    ax_t.set_xscale("log")
     ax_t.set_yscale("log")
-    ax_t.set_xlabel(_xlabel(rec))
     ax_t.set_ylabel("median time per call (ms)")
-    ax_r.set_xscale("log")
-    ax_r.set_xlabel(_xlabel(rec))
     if per_layer:
         ax_r.set_ylabel("time per layer (ms)")
     else:
         ax_r.axhline(1.0, color="0.5", lw=0.8)
         if goal_line is not None:
             ax_r.axhline(goal_line, color="0.3", lw=0.8, ls="--")
-        ax_r.set_ylabel(f"time / time of {ref}")
-        if rec["name"] == "jacobian":
-            ax_r.set_yscale("log")
-    if not (rec["name"] == "jacobian" and not per_layer):
-        ax_r.set_ylim(bottom=0)
-    for ax in (ax_t, ax_r):
-        _plain_ticks(ax.xaxis)
-    _plain_ticks(ax_t.yaxis)
+        ax_r.set_ylabel(f"time / {ref}")
     if rec["name"] == "jacobian":
+        ax_r.set_yscale("log")
         _plain_ticks(ax_r.yaxis)
-    ax_t.legend(fontsize=7)
+    else:
+        ax_r.set_ylim(bottom=0)
+    _plain_ticks(ax_t.yaxis)
+    for ax in (ax_t, ax_r):
+        if categorical:
+            ax.set_xticks(sizes, [c["label"] for c in rec["cases"]], rotation=60, ha="right",
+                          fontsize=7)
+            ax.set_xlabel("feature-map shape N×C×H×W")
+        else:
+            ax.set_xscale("log")
+            _plain_ticks(ax.xaxis)
+            ax.set_xticks(sizes)
+            ax.set_xlabel(_xlabel(rec))
+    if categorical:
+        handles, labels = ax_t.get_legend_handles_labels()
+        ax_t.figure.legend(handles, labels, loc="outside upper center", ncol=4, fontsize=7)
+    else:
+        ax_t.legend(fontsize=7)
     return axes
 
 

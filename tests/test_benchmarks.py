@@ -171,7 +171,8 @@ def test_compiled_smn_matches_the_library_smn(kw):
 
 
 def test_like_for_like_batch_norm_closed_form_matches_autograd():
-    from benchmarks.bench_smn import batch_norm_plain, bn_backward, bn_forward
+    from benchmarks.bench_smn import (batch_norm_plain, bn_backward, bn_forward,
+                                      bn_forward_two_pass)
 
     gen = torch.Generator().manual_seed(3)
     x, g = (torch.randn(4, 3, 5, 5, generator=gen, dtype=torch.float64) for _ in range(2))
@@ -180,6 +181,8 @@ def test_like_for_like_batch_norm_closed_form_matches_autograd():
     y, mu, rstd = bn_forward(x, w, b, 1e-5)
     torch.testing.assert_close(y, torch.nn.functional.batch_norm(
         x, None, None, w, b, training=True, eps=1e-5), rtol=1e-12, atol=1e-12)
+    for got, want in zip(bn_forward_two_pass(x, w, b, 1e-5), (y, mu, rstd)):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
     xs, ws, bs = (t.clone().requires_grad_(True) for t in (x, w, b))
     expected = torch.autograd.grad(batch_norm_plain(xs, ws, bs, 1e-5), (xs, ws, bs), g)
     for got, want in zip(bn_backward(g, x, mu, rstd, w), expected):

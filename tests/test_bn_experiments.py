@@ -29,6 +29,8 @@ def test_profiles_share_keys():
         assert 1.0 in v["rate_alphas"], p
         assert v["local_window"][1] <= v["local_depth"], p
         assert len(v["local_widths"]) >= 2 and len(v["train_depths"]) >= 2, p
+        assert len(v["yang_widths"]) == len(v["yang_seeds"]) == 2, p
+        assert v["yang_widths"][0] < v["yang_widths"][1], p
 
 
 def test_yang_rate_and_slope_stats():

@@ -206,3 +206,16 @@ def test_selu_coefficients_known_values():
         gnelib.selu_coefficients(-0.01)
     with pytest.raises(ValueError, match="gain2"):
         gnelib.selu_coefficients(0.03, gain2=0.0)
+
+
+def test_smn_traces_with_torch_compile_fullgraph():
+    """The module (closed-form path) compiles without graph breaks and keeps its gradients and
+    running statistic (aot_eager backend: no C compiler needed)."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 5, 5, requires_grad=True)
+    m, ref = SecondMomentNorm(3), SecondMomentNorm(3)
+    torch.compile(m, backend="aot_eager", fullgraph=True)(x).pow(2).sum().backward()
+    xr = x.detach().clone().requires_grad_()
+    ref(xr).pow(2).sum().backward()
+    assert torch.allclose(x.grad, xr.grad, atol=1e-5)
+    assert torch.allclose(m.running_rms, ref.running_rms)
