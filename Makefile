@@ -14,6 +14,7 @@ export PYTHONHASHSEED := 0
 help:
 	@echo "make book   - execute every chapter at the 'book' profile and render HTML (build/book/_build/html)"
 	@echo "make test   - unit tests, smoke execution, nbval re-execution, strict book build"
+	@echo "make bench  - the benchmark suite (about 5 min on 2 cores); results in data/results/bench/"
 	@echo "make clean  - remove build outputs (keeps .venv and data/)"
 
 $(STAMP): pyproject.toml constraints.txt
@@ -28,7 +29,7 @@ book: $(STAMP)
 	$(BIN)/python tools/book.py render --profile book
 
 unit: $(STAMP)
-	$(BIN)/python -m pytest tests -q
+	$(BIN)/python -m pytest tests -q -n 2 --durations=10
 
 smoke: $(STAMP)
 	$(BIN)/python tools/book.py execute --profile smoke --force --jobs 2
@@ -48,6 +49,7 @@ render-smoke: $(STAMP)
 
 test: $(STAMP)
 	$(MAKE) unit
+	$(MAKE) bench-smoke
 	$(MAKE) smoke
 	$(MAKE) nbval
 	$(MAKE) render-smoke

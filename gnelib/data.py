@@ -2,6 +2,7 @@
 Gaussian mixture. Every loader returns a :class:`Dataset` of tensors."""
 from __future__ import annotations
 
+import os
 import pickle
 import tarfile
 import urllib.request
@@ -46,7 +47,7 @@ class Dataset:
 
 def _atomic_save_npz(path: Path, **arrays) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
     np.savez(tmp, **arrays)
     tmp.replace(path)
 
