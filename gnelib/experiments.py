@@ -22,8 +22,8 @@ keyword arguments ``device`` and ``progress``; it returns a dict of JSON-able va
 configuration and the library version, and :mod:`gnelib.sweep` runs grids of them.
 
 The two experiments defined here, ``gradient_norms_at_init`` and ``train_mlp``, are built
-on the core API (:class:`gnelib.MLP`, :func:`gnelib.jacobian_moments`,
-:func:`gnelib.gradient_norms`, :func:`gnelib.train`).
+on the core API (:class:`~gnelib.models.MLP`, :func:`~gnelib.probes.jacobian_moments`,
+:func:`~gnelib.probes.gradient_norms`, :func:`~gnelib.training.train`).
 """
 from __future__ import annotations
 
@@ -231,10 +231,10 @@ def gradient_norms_at_init(config: GradientNormsConfig, device="cpu") -> dict:
     """Per-layer squared weight-gradient norms and per-block φ(JJᵀ) of a deep ReLU MLP at
     initialisation (Chen et al. 2020, Definition 3.1 and the multiplication theorem).
 
-    The MLP (``gnelib.MLP``, float64) sees a batch of standard Gaussian inputs with uniform
+    The MLP (``~gnelib.models.MLP``, float64) sees a batch of standard Gaussian inputs with uniform
     random labels; the gradient of the mean cross-entropy gives ``grad_sq_norms``
-    (:func:`gnelib.gradient_norms`, every weight tensor including the read-out), and each
-    block ``Linear→ReLU`` is probed at its own input with :func:`gnelib.jacobian_moments`
+    (:func:`~gnelib.probes.gradient_norms`, every weight tensor including the read-out), and each
+    block ``Linear→ReLU`` is probed at its own input with :func:`~gnelib.probes.jacobian_moments`
     (φ, φ((JJᵀ)²) and their standard errors). ``end_to_end_phi`` is φ(JJᵀ) of the whole
     stack of blocks, to compare with the product of the per-block values.
     """
@@ -322,7 +322,7 @@ def _summary_train(result: dict) -> dict:
                     "full": dict(width=512, depth=32, steps=5000, n_train=4000, eval_every=500)},
           summary=_summary_train)
 def train_mlp(config: TrainMLPConfig, device="cpu", progress: bool = False) -> dict:
-    """Train a ``gnelib.MLP`` with :func:`gnelib.train` (SGD with momentum) and return the
+    """Train a ``~gnelib.models.MLP`` with :func:`~gnelib.training.train` (SGD with momentum) and return the
     loss and test-accuracy history; divergence (a NaN/inf loss) is recorded, not raised."""
     from .data import gaussian_mixture, mnist1d
     from .models import MLP

@@ -1,6 +1,6 @@
 """Second moment normalisation compiled with ``torch.compile``, with an eager fallback.
 
-The library's SMN (:func:`gnelib.second_moment_norm`, :class:`gnelib.SecondMomentNorm`) is
+The library's SMN (:func:`~gnelib.layers.second_moment_norm`, :class:`~gnelib.layers.SecondMomentNorm`) is
 written in plain torch ops. Run eagerly, each op is its own pass over the tensor, and SMN is
 no faster than ``nn.BatchNorm2d``'s fused kernel on a CPU. Here the forward
 :math:`s_c=\\sqrt{\\tfrac1M\\sum x^2}`, :math:`y=\\gamma_c x/(s_c+\\epsilon)+\\beta_c`
@@ -136,7 +136,7 @@ def smn_backward(dy: torch.Tensor, x: torch.Tensor, s: torch.Tensor, inv: torch.
 
 
 def _smn_train_autograd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float):
-    """:func:`gnelib.second_moment_norm` and the per-channel root mean square ``s`` (no
+    """:func:`~gnelib.layers.second_moment_norm` and the per-channel root mean square ``s`` (no
     gradient), for compiling with the backward that autograd derives."""
     y = second_moment_norm(x, weight, bias, eps)
     return y, x.detach().pow(2).mean(reduce_dims(x)).sqrt()
@@ -208,7 +208,7 @@ def reset_compiled() -> None:
 def compiled_second_moment_norm(backend: str = "inductor", mode: str | None = None,
                                 dynamic: bool | None = None, backward: str = "closed_form"):
     """The SMN of Chen et al. (2020), :math:`y=\\gamma_c x/(s_c+\\epsilon)+\\beta_c` with
-    :math:`s_c=\\sqrt{\\tfrac1M\\sum x^2}` (as :func:`gnelib.second_moment_norm`), compiled
+    :math:`s_c=\\sqrt{\\tfrac1M\\sum x^2}` (as :func:`~gnelib.layers.second_moment_norm`), compiled
     with ``torch.compile`` (eager fallback, module docstring). ``backward="closed_form"``
     compiles :func:`smn_forward` and the closed-form :func:`smn_backward` separately (first
     order only); ``"autograd"`` compiles the forward with the backward autograd derives.
@@ -225,7 +225,7 @@ def compiled_second_moment_norm(backend: str = "inductor", mode: str | None = No
 
 
 class CompiledSecondMomentNorm(SecondMomentNorm):
-    """:class:`gnelib.SecondMomentNorm` whose training forward and backward run compiled
+    """:class:`~gnelib.layers.SecondMomentNorm` whose training forward and backward run compiled
     (:func:`compiled_second_moment_norm`; ``backward`` picks the closed form, the default, or
     the autograd-derived one); eval mode, the running statistic and inputs under
     ``torch.func`` transforms (which need the parent's ``jvp``/``vmap`` rules) take the

@@ -272,7 +272,7 @@ def dense(m: int, n: int, sigma2: float) -> Moments:
 
 
 def conv(c_in: int, c_out: int, k: int, sigma2: float, dims: int = 2) -> Moments:
-    """Stride-1 convolution with an i.i.d. :math:`\\mathcal N(0,\\sigma^2)` k×k (or k, ``dims``=1)
+    """Stride-1 convolution with an i.i.d. :math:`\\mathcal N(0,\\sigma^2)` k×k (or k when ``dims`` is 1)
     kernel, circular padding (interior pixels), :math:`K=k^{d}` taps, :math:`n=c_\\text{in}K`:
     :math:`\\phi_1=n\\sigma^2` (Chen et al.'s table as quoted by Yao et al.) and
     :math:`\\phi_2=n(n+c_\\text{out}K+1)\\sigma^4` (our derivation by Wick's theorem on

@@ -3,7 +3,7 @@
 A network is read as a serial composition of blocks :math:`f = f_L\\circ\\cdots\\circ f_1`
 (Chen et al. 2020, §3). For every block :func:`probe_model` measures, at the input the block
 actually receives, :math:`\\phi(J_jJ_j^\\top)` and :math:`\\phi((J_jJ_j^\\top)^2)` with
-:func:`gnelib.jacobian_moments`, the relative spectral variance
+:func:`~gnelib.probes.jacobian_moments`, the relative spectral variance
 :math:`\\varphi/\\phi^2 = \\phi((JJ^\\top)^2)/\\phi(JJ^\\top)^2 - 1`, and their standard errors;
 then the end-to-end :math:`\\phi(JJ^\\top)` of the whole model. Block dynamical isometry
 (Chen et al., Definition 3.1) asks :math:`\\phi(J_jJ_j^\\top)\\approx 1` and
@@ -352,7 +352,7 @@ def plot_probe(p: ModelProbe, path=None, ax=None, label: str | None = None, colo
 
 def mlp(in_dim: int = 40, width: int = 64, depth: int = 4, out_dim: int = 10,
         init: str = "he", activation: str = "relu", seed: int = 0) -> nn.Module:
-    """A ``gnelib.MLP`` with seeded weights: the default-argument factory
+    """A ``~gnelib.models.MLP`` with seeded weights: the default-argument factory
     ``gnelib.probe_model:mlp`` for ``gne probe``."""
     from .models import MLP
     return MLP(in_dim, width, depth, out_dim, activation=activation, init=init,

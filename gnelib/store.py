@@ -4,7 +4,7 @@ Records live in ``data/results/store/<experiment>/<key>.json`` where ``key`` is
 :func:`gnelib.experiments.config_key` (a hash of the experiment name, the configuration and
 ``gnelib.__version__``). Each record holds the configuration, the result, run metadata and a
 SHA-256 checksum of the configuration and result, and is written atomically with
-:func:`gnelib.atomic_write_json`. :meth:`Store.run` reads a finished configuration back
+:func:`~gnelib.reporting.atomic_write_json`. :meth:`Store.run` reads a finished configuration back
 instead of rerunning it; a record that does not parse, whose key or checksum does not match,
 or that misses a field is reported with a :class:`StoreWarning` and recomputed.
 """
@@ -37,7 +37,7 @@ class CorruptRecord(ValueError):
 
 
 def default_root() -> Path:
-    """``data/results/store`` under :func:`gnelib.data_dir`."""
+    """``data/results/store`` under :func:`~gnelib.reporting.data_dir`."""
     return data_dir() / "results" / "store"
 
 

@@ -150,7 +150,7 @@ def weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def weight_records(model: nn.Module, step: int | None = None, effective: bool = True) -> list[dict]:
-    """One record per layer: mean |S_k|, rms S_k and variance of S_k across filters, and n*v
+    """One record per layer: mean :math:`|S_k|`, rms :math:`S_k` and variance of S_k across filters, and n*v
     (the "variance" n Var(w)), of the effective kernel (``effective``) or of the raw weight."""
     recs = []
     with torch.no_grad():
@@ -166,7 +166,7 @@ def weight_records(model: nn.Module, step: int | None = None, effective: bool = 
 
 
 def gradient_records(model: nn.Module, step: int | None = None) -> list[dict]:
-    """After ``backward()``: per layer, the mean |average weight gradient| of the raw weight
+    """After ``backward()``: per layer, the mean absolute average weight gradient of the raw weight
     and its ratio to the rms weight gradient (theorem ``pws-average-gradient``)."""
     recs = []
     for depth, (name, m) in enumerate(weight_layers(model)):
