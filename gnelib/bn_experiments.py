@@ -125,17 +125,27 @@ def local_decay(width: int, seeds: int, depth: int, window, generator: torch.Gen
                 f: float = 0.005) -> dict:
     """Run the orthogonal BN chain from :func:`near_isometric_input` for ``depth`` layers and
     fit :math:`\\log\\phi_\\ell` on ``window = [l0, l1]``: the slope of the log of the mean
-    over seeds (the quantity our local rate :math:`1-2/(d+2)` predicts) and the per-seed
-    slopes (mean and standard error). Decay per layer is ``1 - exp(slope)``."""
+    over seeds (the quantity our local rate :math:`1-2/(d+2)` predicts; jackknife standard
+    error over seeds) and the mean of the per-seed slopes (the Lyapunov exponent, slightly
+    steeper by Jensen's inequality; standard error over seeds). Decay per layer is
+    ``1 - exp(slope)``."""
     x0 = near_isometric_input(width, seeds, f, generator)
     gaps = bn_chain_gaps(torch.from_numpy(x0).transpose(1, 2), depth, generator=generator)
     ell = np.arange(depth + 1)
     sel = (ell >= window[0]) & (ell <= window[1])
-    slope_mean = np.polyfit(ell[sel], np.log(gaps[:, sel].mean(0)), 1)[0]
+
+    def log_mean_slope(g):
+        return np.polyfit(ell[sel], np.log(g[:, sel].mean(0)), 1)[0]
+
+    slope_mean = log_mean_slope(gaps)
+    # jackknife over seeds (whole chains left out) for the standard error of that slope
+    loo = np.array([log_mean_slope(np.delete(gaps, i, 0)) for i in range(seeds)])
+    jk_se = math.sqrt((seeds - 1) / seeds * np.sum((loo - loo.mean()) ** 2))
     per_seed = np.array([np.polyfit(ell[sel], np.log(g[sel]), 1)[0] for g in gaps])
     return dict(width=width, gaps=gaps, decay=float(1 - math.exp(slope_mean)),
+                decay_se=float(math.exp(slope_mean) * jk_se),
                 decay_seeds=float(1 - math.exp(per_seed.mean())),
-                decay_se=float(math.exp(per_seed.mean()) * per_seed.std(ddof=1) / math.sqrt(seeds)),
+                decay_seeds_se=float(math.exp(per_seed.mean()) * per_seed.std(ddof=1) / math.sqrt(seeds)),
                 predicted=2 / (width + 2), paper=paper_local_rate(width))
 
 

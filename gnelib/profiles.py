@@ -82,7 +82,7 @@ SIZES: dict[str, dict[str, dict]] = {
     "bn": {
         "smoke": dict(
             mono_width=24, mono_paths=8, mono_steps=100, mc_width=8, mc_draws=10000,
-            thm3_widths=[8, 32], thm3_draws=1000, local_widths=[16, 32], local_seeds=6,
+            thm3_widths=[8, 32], thm3_draws=1000, local_widths=[16, 32], local_seeds=24,
             local_depth=100, local_window=[20, 100], onestep_widths=[16], onestep_draws=4000,
             width=32, depths=[5, 10, 20, 50, 100], slope_from=20, seeds=16, chain_depth=100,
             yang_widths=[64, 512], yang_batch=16, yang_depth=60, yang_window=[10, 50],
@@ -94,7 +94,7 @@ SIZES: dict[str, dict[str, dict]] = {
             train_data="gaussian_mixture"),
         "book": dict(
             mono_width=24, mono_paths=20, mono_steps=200, mc_width=8, mc_draws=40000,
-            thm3_widths=[8, 32], thm3_draws=4000, local_widths=[16, 32, 64], local_seeds=20,
+            thm3_widths=[8, 32], thm3_draws=4000, local_widths=[16, 32, 64], local_seeds=60,
             local_depth=150, local_window=[20, 150], onestep_widths=[16, 32],
             onestep_draws=10000,
             width=100, depths=[5, 10, 20, 50, 100, 200, 300, 500], slope_from=200, seeds=8,

@@ -23,7 +23,6 @@ def test_serial_net_layout_and_shapes():
 
 
 def test_resnet56_layout_and_fixup_scale():
-    g = torch.Generator().manual_seed(0)
     ref = gnelib.resnet56(width=4, norm="bn", generator=torch.Generator().manual_seed(0))
     fix = gnelib.resnet56(width=4, norm="fixup", fixup_p=2.0, generator=torch.Generator().manual_seed(0))
     convs = [m for m in ref.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
