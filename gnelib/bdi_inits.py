@@ -19,17 +19,11 @@ CONV_INITS = ("kaiming", "xavier", "orthogonal", "delta_orthogonal")
 def haar_orthogonal_(w: torch.Tensor, gain: float = 1.0,
                      generator: torch.Generator | None = None) -> torch.Tensor:
     """Fill ``w`` (out × rest, flattened) with a Haar-distributed (semi-)orthogonal matrix times
-    ``gain``: QR of a Gaussian matrix with the signs of R's diagonal moved into Q (Mezzadri 2007),
-    so rows are orthonormal when out ≤ rest and columns otherwise."""
-    rows, cols = w.shape[0], w[0].numel()
+    ``gain``: ``torch.nn.init.orthogonal_``, which takes the QR factor of a Gaussian matrix with
+    the signs of R's diagonal moved into Q (Mezzadri 2007), so rows are orthonormal when
+    out ≤ rest and columns otherwise."""
     with torch.no_grad():
-        a = torch.randn(max(rows, cols), min(rows, cols), generator=generator, dtype=torch.float64)
-        q, r = torch.linalg.qr(a)
-        q = q * torch.sign(torch.diagonal(r)).unsqueeze(0)
-        if rows < cols:
-            q = q.T
-        w.copy_((float(gain) * q).reshape(w.shape).to(w.dtype))
-    return w
+        return nn.init.orthogonal_(w, gain=float(gain), generator=generator)
 
 
 def delta_orthogonal_(w: torch.Tensor, gain: float = 1.0,
