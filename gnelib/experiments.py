@@ -42,9 +42,22 @@ from .errors import check_choice, check_positive, check_positive_int
 from .profiles import check_profile
 
 __all__ = ["Experiment", "register", "get", "names", "make_config", "parse_value",
-           "config_key", "config_dict", "GradientNormsConfig", "TrainMLPConfig"]
+           "config_key", "config_dict", "library_version", "GradientNormsConfig", "TrainMLPConfig"]
 
 _TYPES = (int, float, str, bool)
+
+
+def library_version() -> str:
+    """``gnelib.__version__`` plus a digest of the library's source files: any change to
+    ``gnelib`` gives new store keys, so a stored result never outlives the code that made it."""
+    from pathlib import Path
+
+    from . import __version__
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return f"{__version__}+{digest.hexdigest()[:12]}"
 
 
 @dataclass(frozen=True)
@@ -178,7 +191,7 @@ def config_key(name: str, config, version: str | None = None) -> str:
     """SHA-256 (first 20 hex digits) of the experiment name, the configuration and the
     library version, the store's key: a new version of gnelib never reads old results."""
     if version is None:
-        from . import __version__ as version
+        version = library_version()
     text = json.dumps({"experiment": name, "config": config_dict(config), "version": version},
                       sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:20]
@@ -233,13 +246,15 @@ def gradient_norms_at_init(config: GradientNormsConfig, device="cpu") -> dict:
 
     The MLP (``~gnelib.models.MLP``, float64) sees a batch of standard Gaussian inputs with uniform
     random labels; the gradient of the mean cross-entropy gives ``grad_sq_norms``
-    (:func:`~gnelib.probes.gradient_norms`, every weight tensor including the read-out), and each
+    (:func:`~gnelib.probes.gradient_norms`, every weight tensor including the read-out) and
+    ``activation_grad_sq_norms`` (:func:`~gnelib.probes.activation_gradient_norms`, at the input
+    and every block output), and each
     block ``Linear→ReLU`` is probed at its own input with :func:`~gnelib.probes.jacobian_moments`
     (φ, φ((JJᵀ)²) and their standard errors). ``end_to_end_phi`` is φ(JJᵀ) of the whole
     stack of blocks, to compare with the product of the per-block values.
     """
     from .models import MLP
-    from .probes import gradient_norms, jacobian_moments
+    from .probes import activation_gradient_norms, gradient_norms, jacobian_moments
 
     dev = torch.device(device)
     gen = torch.Generator().manual_seed(config.seed)
@@ -249,6 +264,7 @@ def gradient_norms_at_init(config: GradientNormsConfig, device="cpu") -> dict:
     y = torch.randint(config.classes, (config.batch,), generator=gen).to(dev)
     loss = torch.nn.functional.cross_entropy(model(x), y)
     norms = gradient_norms(model, loss)
+    act = activation_gradient_norms(model.blocks, model.head, x, y)
     inputs, h = [], x
     with torch.no_grad():
         for block in model.blocks:
@@ -265,6 +281,7 @@ def gradient_norms_at_init(config: GradientNormsConfig, device="cpu") -> dict:
     e2e = jacobian_moments(trunk, x, probes=config.probes, generator=gen)
     return {
         "layers": list(norms), "grad_sq_norms": list(norms.values()),
+        "activation_grad_sq_norms": act,
         "phi": [m.phi1 for m in moments], "phi_se": [m.phi1_se for m in moments],
         "phi2": [m.phi2 for m in moments], "phi2_se": [m.phi2_se for m in moments],
         "relative_variance": [m.relative_variance for m in moments],

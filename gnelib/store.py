@@ -2,7 +2,8 @@
 
 Records live in ``data/results/store/<experiment>/<key>.json`` where ``key`` is
 :func:`gnelib.experiments.config_key` (a hash of the experiment name, the configuration and
-``gnelib.__version__``). Each record holds the configuration, the result, run metadata and a
+the library version, :func:`gnelib.experiments.library_version`: ``gnelib.__version__`` and a
+digest of the library's source, so a change to the code never reads back a stale result). Each record holds the configuration, the result, run metadata and a
 SHA-256 checksum of the configuration and result, and is written atomically with
 :func:`~gnelib.reporting.atomic_write_json`. :meth:`Store.run` reads a finished configuration back
 instead of rerunning it; a record that does not parse, whose key or checksum does not match,
@@ -57,7 +58,7 @@ class Store:
 
     def __init__(self, root: str | Path | None = None, version: str | None = None):
         if version is None:
-            from . import __version__ as version
+            version = experiments.library_version()
         self.root = Path(root) if root is not None else default_root()
         self.version = version
 
@@ -151,7 +152,7 @@ def make_record(name: str, config, result: dict, meta: dict | None = None,
     """The record of ``result`` for ``config``: identity, configuration, result (as
     canonical JSON), metadata and checksum."""
     if version is None:
-        from . import __version__ as version
+        version = experiments.library_version()
     key = experiments.config_key(name, config, version)
     cfg = json.loads(_canonical(experiments.config_dict(config)))
     res = json.loads(_canonical(result))

@@ -133,3 +133,13 @@ def test_train_mlp_learns_and_records_divergence():
     blown = exp(experiments.make_config("train_mlp", "smoke", {**base, "lr": 1e6, "gain": 5.0}))
     assert blown["diverged_step"] is not None and blown["diverged_step"] <= 80
     assert blown["last_finite_loss"] is None or math.isfinite(blown["last_finite_loss"])
+
+
+def test_default_version_tracks_the_library_source(tmp_path):
+    from gnelib import __version__, experiments
+    from gnelib.store import Store
+
+    v = experiments.library_version()
+    prefix, digest = v.split("+")
+    assert prefix == __version__ and len(digest) == 12
+    assert Store(tmp_path).version == v
