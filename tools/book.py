@@ -129,9 +129,9 @@ def status_page(profile: str, notebooks: list[Path]) -> str:
         nb = json.loads(nb_path.read_text())
         meta = nb.get("metadata", {}).get("papermill", {})
         res = ROOT / "data" / "results" / profile / f"{nb_path.stem}.json"
-        device = "?"
+        device = "—"
         if res.exists():
-            device = json.loads(res.read_text()).get("meta", {}).get("device", "?")
+            device = json.loads(res.read_text()).get("meta", {}).get("device", "—")
         duration = meta.get("duration")
         rows.append(f"| {nb_path.stem} | {profile} | {device} | "
                     f"{'' if duration is None else f'{duration:.0f} s'} | "
