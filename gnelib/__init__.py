@@ -42,3 +42,6 @@ from .fast import CompiledSecondMomentNorm, compiled_second_moment_norm
 from . import experiments, probe_model, store
 from .probe_model import BlockProbe, ModelProbe
 from .store import Store, StoreWarning
+from . import bdi_experiments
+from . import bn_experiments
+from . import pws_experiments

@@ -14,13 +14,17 @@ import torch
 from .bn_gradients import bn_chain_gaps, torch_threads
 from .bn_mlp import BNMLP
 from .errors import check_choice, check_positive_int
+from .experiments import register
 from .isometry import gram_eigenvalues, haar_orthogonal, isometry_gap, isometry_gaps
+from .profiles import SIZES
 from .weingarten import haar_moment
 
 __all__ = ["row_bn", "monotonicity_paths", "weingarten_mc_table", "theorem3_one_step",
            "near_isometric_input", "local_decay", "one_step_contraction", "slope_stats",
            "yang_rate", "paper_local_rate", "train_bn_depths", "load_bn_training_data",
-           "TrainResult", "gaussian_gap_rate", "gaussian_gap_growth"]
+           "TrainResult", "gaussian_gap_rate", "gaussian_gap_growth", "BNDepthSweepConfig",
+           "bn_depth_sweep", "BNRateLawConfig", "bn_rate_law", "BNTrainDepthsConfig",
+           "bn_train_depths", "train_result_from_record"]
 
 
 def row_bn(x: np.ndarray) -> np.ndarray:
@@ -316,3 +320,179 @@ def gaussian_gap_growth(width: int, paths: int, steps: int, generator: torch.Gen
     return dict(increment=np.stack(inc, 1), logdet_term=np.stack(logdet, 1),
                 logr_term=np.stack(logr, 1), identity_abs_err=err,
                 predicted=gaussian_gap_rate(d))
+
+
+# ------------------------------------------------------------ registered experiments
+# The chapter's expensive runs as registered experiments (gnelib.experiments): a frozen
+# configuration of int/float/str/bool fields, so list-valued sizes (depths, gains) are
+# comma-separated strings; the profiles are built from SIZES["bn"], the one source of truth.
+
+def _csv(values) -> str:
+    """A list of sizes as the comma-separated string a configuration field holds."""
+    return ",".join(f"{v:g}" if isinstance(v, float) else str(int(v)) for v in values)
+
+
+def _ints(text: str, field: str) -> list[int]:
+    try:
+        out = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise ValueError(f"{field} must be comma-separated integers, got {text!r}") from None
+    if not out or any(v <= 0 for v in out):
+        raise ValueError(f"{field} must be comma-separated positive integers, got {text!r}")
+    return out
+
+
+def _floats(text: str, field: str) -> list[float]:
+    try:
+        out = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise ValueError(f"{field} must be comma-separated numbers, got {text!r}") from None
+    if not out or any(not v > 0 for v in out):
+        raise ValueError(f"{field} must be comma-separated positive numbers, got {text!r}")
+    return out
+
+
+def _profiles(**fields) -> dict:
+    """``{profile: {config field: SIZES["bn"][profile][size key]}}``; list sizes become
+    comma-separated strings, ``fields`` maps configuration fields to size keys."""
+    out = {}
+    for p, s in SIZES["bn"].items():
+        out[p] = {f: (_csv(s[k]) if isinstance(s[k], (list, tuple)) else s[k])
+                  for f, k in fields.items()}
+    return out
+
+
+@dataclass(frozen=True)
+class BNDepthSweepConfig:
+    """One depth sweep of the log gradient norm of a BN MLP at initialisation."""
+
+    depths: str = "5,10,20,50,100"
+    width: int = 32
+    batch: int = 32
+    in_dim: int = 0  # 0: the width
+    init: str = "orthogonal"
+    norm: str = "paper"
+    activation: str = "identity"
+    gain_exponent: float = 0.0
+    mean_reduction: bool = False
+    distinct: int = 0  # 0: all batch samples distinct
+    seeds: int = 8
+    seed: int = 0
+
+    def __post_init__(self):
+        _ints(self.depths, "depths")
+        for f in ("width", "batch", "seeds"):
+            check_positive_int(f, getattr(self, f))
+        for f in ("in_dim", "distinct", "seed"):
+            check_positive_int(f, getattr(self, f), minimum=0)
+
+
+@register("bn_depth_sweep", BNDepthSweepConfig,
+          profiles=_profiles(depths="depths", width="width", batch="width", seeds="seeds"))
+def bn_depth_sweep(config: BNDepthSweepConfig, device="cpu", progress: bool = False) -> dict:
+    """:math:`\\log\\|\\nabla_{W_1}\\mathcal L\\|_F` at initialisation against depth (Meterez
+    et al. 2024, Fig. 3 / Theorem 5) with
+    :func:`~gnelib.bn_gradients.log_grad_norm_vs_depth`, seeded by ``config.seed``: the
+    orthogonal-vs-Gaussian, batch-size, degenerate-batch and activation-shaping sweeps of the
+    chapter. Returns ``depths`` and ``log_grad_norm`` (seeds x depths)."""
+    from .bn_gradients import log_grad_norm_vs_depth
+    depths = _ints(config.depths, "depths")
+    g = log_grad_norm_vs_depth(depths, config.width, config.batch, in_dim=config.in_dim or None,
+                               init=config.init, norm=config.norm, activation=config.activation,
+                               gain_exponent=config.gain_exponent,
+                               mean_reduction=config.mean_reduction,
+                               distinct=config.distinct or None, seeds=config.seeds,
+                               seed=config.seed, device=device, progress=progress)
+    return {"depths": depths, "log_grad_norm": np.asarray(g, dtype=float)}
+
+
+@dataclass(frozen=True)
+class BNRateLawConfig:
+    """Per-layer log gradient norms of one deep BN MLP at constant gains α."""
+
+    alphas: str = "0.35,0.5,0.7,1"
+    activation: str = "tanh"
+    depth: int = 100
+    width: int = 16
+    seeds: int = 24
+    seed: int = 0
+
+    def __post_init__(self):
+        _floats(self.alphas, "alphas")
+        for f in ("depth", "width", "seeds"):
+            check_positive_int(f, getattr(self, f))
+        check_positive_int("seed", self.seed, minimum=0)
+
+
+@register("bn_rate_law", BNRateLawConfig,
+          profiles=_profiles(alphas="rate_alphas", depth="rate_depth", width="cond_width",
+                             seeds="rate_seeds"))
+def bn_rate_law(config: BNRateLawConfig, device="cpu", progress: bool = False) -> dict:
+    """The explosion rate :math:`R(\\alpha)` of activation shaping (Meterez et al. 2024,
+    Section 4): for every constant gain α of ``alphas`` the per-layer profile
+    :func:`~gnelib.bn_gradients.layer_gradient_profile` of a ``depth``-layer BN MLP
+    (standard BN, orthogonal weights, d = n = ``width``), seeded by ``seed + j`` for the
+    j-th gain. Returns ``alphas`` and ``profiles`` (gains x seeds x layers)."""
+    from .bn_gradients import layer_gradient_profile
+    alphas = _floats(config.alphas, "alphas")
+    profs = [layer_gradient_profile(config.depth, config.width, config.width, norm="torch",
+                                    activation=config.activation, gain=al, seeds=config.seeds,
+                                    seed=config.seed + j, device=device, progress=progress)
+             for j, al in enumerate(alphas)]
+    return {"alphas": alphas, "profiles": np.asarray(profs, dtype=float)}
+
+
+@dataclass(frozen=True)
+class BNTrainDepthsConfig:
+    """SGD training of shaped BN MLPs of several depths (:func:`train_bn_depths`)."""
+
+    train_data: str = "gaussian_mixture"
+    depths: str = "10,30"
+    width: int = 32
+    steps: int = 60
+    lr: float = 0.01
+    activation: str = "tanh"
+    gain_exponent: float = 0.4
+    data_seed: int = 0
+    seed: int = 0
+
+    def __post_init__(self):
+        check_choice("train_data", self.train_data, TRAIN_DATA)
+        _ints(self.depths, "depths")
+        for f in ("width", "steps"):
+            check_positive_int(f, getattr(self, f))
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        for f in ("data_seed", "seed"):
+            check_positive_int(f, getattr(self, f), minimum=0)
+
+
+@register("bn_train_depths", BNTrainDepthsConfig,
+          profiles=_profiles(train_data="train_data", depths="train_depths", width="train_width",
+                             steps="train_steps", lr="train_lr", gain_exponent="gain_exponent"),
+          summary=lambda r: {"data": r["data"],
+                             "train_acc_deepest": r["runs"][-1]["train_acc"]})
+def bn_train_depths(config: BNTrainDepthsConfig, device="cpu", progress: bool = False) -> dict:
+    """:func:`train_bn_depths` (Meterez et al. 2024, Section 5 and Fig. 4) on
+    :func:`load_bn_training_data` (its generator seeded by ``data_seed``, training by
+    ``seed``). Returns the data set used, its number of classes, and per depth the fields
+    of :class:`TrainResult`."""
+    data, name = load_bn_training_data(config.train_data, torch.Generator().manual_seed(config.data_seed))
+    res = train_bn_depths(data, _ints(config.depths, "depths"), config.width, config.steps,
+                          config.lr, torch.Generator().manual_seed(config.seed),
+                          activation=config.activation, gain_exponent=config.gain_exponent,
+                          device=device, progress=progress)
+    runs = [dict(depth=r.depth, train_acc=r.train_acc, test_acc=r.test_acc,
+                 test_acc_eval_mode=r.test_acc_eval_mode, loss=[float(v) for v in r.loss],
+                 weight_gaps=np.asarray(r.weight_gaps, dtype=float), diverged=bool(r.diverged))
+            for r in res]
+    return {"data": name, "num_classes": int(data.num_classes), "runs": runs}
+
+
+def train_result_from_record(run: dict) -> TrainResult:
+    """A :class:`TrainResult` from one entry of ``bn_train_depths``'s ``runs`` (as stored)."""
+    return TrainResult(depth=int(run["depth"]), train_acc=run["train_acc"], test_acc=run["test_acc"],
+                       test_acc_eval_mode=run["test_acc_eval_mode"],
+                       loss=np.asarray(run["loss"], dtype=float).tolist(),
+                       weight_gaps=np.asarray(run["weight_gaps"], dtype=float),
+                       diverged=bool(run["diverged"]))

@@ -20,9 +20,15 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch._decomp.decompositions_for_jvp  # noqa: F401
 from torch import nn
 
 from .errors import check_positive_int
+
+# torch.func.jvp imports the module above on first use, and that import compiles TorchScript
+# from Python source. Doing it at import time keeps it out of worker threads: CPython 3.11
+# can fail ("AST constructor recursion depth mismatch") when two threads parse at once, as
+# in a Dask worker whose event loop unpickles a task while another task runs.
 
 __all__ = ["JacobianMoments", "jacobian_moments", "gradient_norms", "block_moments",
            "activation_gradient_norms"]

@@ -98,3 +98,73 @@ def test_gaussian_gap_growth_identity_and_bartlett():
     assert lr.mean() < 0
     from scipy.special import digamma
     assert bx.gaussian_gap_rate(1) == pytest.approx(-math.log(2) - digamma(0.5))  # E log chi2_1
+
+
+# ----------------------------------------------------------- registered experiments
+
+def _store_roundtrip(tmp_path, name, config):
+    from gnelib.store import Store
+    store = Store(tmp_path)
+    rec, cached = store.run(name, config)
+    assert cached is False
+    again, cached = Store(tmp_path).run(name, config)
+    assert cached is True and again == rec
+    return rec["result"]
+
+
+def test_registered_bn_depth_sweep(tmp_path):
+    from gnelib import experiments
+    exp = experiments.get("bn_depth_sweep")
+    for p in ("smoke", "book", "full"):
+        c = experiments.make_config("bn_depth_sweep", p)
+        assert [int(v) for v in c.depths.split(",")] == SIZES["bn"][p]["depths"]
+        assert c.width == c.batch == SIZES["bn"][p]["width"] and c.seeds == SIZES["bn"][p]["seeds"]
+    cfg = bx.BNDepthSweepConfig(depths="2,4", width=6, batch=6, init="gaussian", seeds=2, seed=3)
+    res = exp(cfg)
+    assert set(res) == {"depths", "log_grad_norm"} and res["depths"] == [2, 4]
+    direct = log_grad_norm_vs_depth([2, 4], 6, 6, init="gaussian", seeds=2, seed=3)
+    np.testing.assert_array_equal(res["log_grad_norm"], direct)
+    stored = _store_roundtrip(tmp_path, "bn_depth_sweep", cfg)
+    np.testing.assert_array_equal(np.asarray(stored["log_grad_norm"], dtype=float), direct)
+    with pytest.raises(ValueError, match="depths"):
+        bx.BNDepthSweepConfig(depths="2,x")
+
+
+def test_registered_bn_rate_law(tmp_path):
+    from gnelib import experiments
+    assert experiments.make_config("bn_rate_law", "book").alphas == ",".join(
+        f"{a:g}" for a in SIZES["bn"]["book"]["rate_alphas"])
+    cfg = bx.BNRateLawConfig(alphas="0.5,1", activation="sin", depth=6, width=6, seeds=2, seed=7)
+    res = experiments.get("bn_rate_law")(cfg)
+    assert set(res) == {"alphas", "profiles"} and res["alphas"] == [0.5, 1.0]
+    assert res["profiles"].shape == (2, 2, 6)
+    for j, al in enumerate([0.5, 1.0]):  # gain j is seeded by seed + j
+        direct = layer_gradient_profile(6, 6, 6, norm="torch", activation="sin", gain=al,
+                                        seeds=2, seed=7 + j)
+        np.testing.assert_array_equal(res["profiles"][j], direct)
+    stored = _store_roundtrip(tmp_path, "bn_rate_law", cfg)
+    np.testing.assert_array_equal(np.asarray(stored["profiles"], dtype=float), res["profiles"])
+    with pytest.raises(ValueError, match="alphas"):
+        bx.BNRateLawConfig(alphas="0.5,-1")
+
+
+def test_registered_bn_train_depths(tmp_path):
+    from gnelib import experiments
+    S = SIZES["bn"]["book"]
+    c = experiments.make_config("bn_train_depths", "book")
+    assert (c.train_data, c.width, c.steps, c.lr) == (S["train_data"], S["train_width"],
+                                                      S["train_steps"], S["train_lr"])
+    cfg = bx.BNTrainDepthsConfig(depths="2,4", width=8, steps=3, seed=6, data_seed=5)
+    res = experiments.get("bn_train_depths")(cfg)
+    assert set(res) == {"data", "num_classes", "runs"} and res["data"] == "gaussian_mixture"
+    assert [r["depth"] for r in res["runs"]] == [2, 4]
+    stored = _store_roundtrip(tmp_path, "bn_train_depths", cfg)
+    back = [bx.train_result_from_record(r) for r in stored["runs"]]
+    for r, b in zip(res["runs"], back):
+        assert set(r) == {"depth", "train_acc", "test_acc", "test_acc_eval_mode", "loss",
+                          "weight_gaps", "diverged"}
+        assert len(b.loss) == 3 and not b.diverged and len(b.weight_gaps) == b.depth - 1
+        np.testing.assert_array_equal(b.weight_gaps, r["weight_gaps"])
+        assert b.loss == r["loss"] and b.train_acc == r["train_acc"]
+    with pytest.raises(ValueError, match="train_data"):
+        bx.BNTrainDepthsConfig(train_data="mnist")
