@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -13,13 +14,17 @@ from torch import nn
 from torch.nn import functional as F
 
 from .bdi_inits import haar_orthogonal_
-from .errors import check_choice, check_positive_int
+from .errors import check_choice, check_positive, check_positive_int
+from .experiments import register
 from .layers import SecondMomentNorm
 from .moments import SELU_ALPHA, SELU_LAMBDA, selu_coefficients
 from .probes import jacobian_moments
+from .profiles import SIZES
 
 __all__ = ["mlp_moments", "residual_moments", "normalized_stack_phi", "sws_block_phi",
-           "init_gradient_norms", "smn_bn_timing"]
+           "init_gradient_norms", "smn_bn_timing", "MLPMomentsConfig", "ResidualMomentsConfig",
+           "NormalizedStackConfig", "bdi_mlp_moments", "bdi_residual_moments",
+           "bdi_normalized_stack", "SerialGradientsConfig", "bdi_serial_gradients"]
 
 
 def _weight(n, init, gain, gen):
@@ -188,3 +193,174 @@ def smn_bn_timing(shapes, repeats: int = 5, device: str | torch.device = "cpu",
         rows.append(dict(shape=tuple(shape), smn=float(np.median(times["smn"])),
                          bn=float(np.median(times["bn"]))))
     return rows
+
+
+# --------------------------------------------------------------------------------------
+# Registered experiments (gnelib.experiments / gnelib.store): the chapter's serial and
+# residual Jacobian-moment measurements as configuration -> JSON-able record. Profile
+# defaults are read from SIZES["bdi"], the one source of the chapter's sizes.
+# --------------------------------------------------------------------------------------
+
+def _bdi_profiles(fields: dict) -> dict:
+    """``{profile: {config field: SIZES["bdi"][profile][size name]}}`` for ``fields``
+    mapping a configuration field to a size name (or a function of the size namespace)."""
+    out = {}
+    for profile, sizes in SIZES["bdi"].items():
+        out[profile] = {f: (src(sizes) if callable(src) else sizes[src])
+                        for f, src in fields.items()}
+    return out
+
+
+@dataclass(frozen=True)
+class MLPMomentsConfig:
+    """A deep MLP ``act(W x)`` of ``depth`` blocks at width ``width`` (see :func:`mlp_moments`)."""
+
+    width: int = 256
+    depth: int = 16
+    init: str = "gaussian"
+    activation: str = "relu"
+    slope: float = 0.0
+    gain: float = math.sqrt(2)
+    seeds: int = 10
+    batch: int = 4
+    seed: int = 0
+
+    def __post_init__(self):
+        check_choice("init", self.init, ("gaussian", "orthogonal"))
+        check_choice("activation", self.activation, ("relu", "leaky_relu"))
+        check_positive("gain", self.gain)
+        for f in ("width", "depth", "batch"):
+            check_positive_int(f, getattr(self, f))
+        check_positive_int("seeds", self.seeds, minimum=2)
+        check_positive_int("seed", self.seed, minimum=0)
+
+
+@register("bdi_mlp_moments", MLPMomentsConfig,
+          profiles=_bdi_profiles({"width": "mlp_width", "depth": lambda z: z["depths"][-1],
+                                  "seeds": "seeds", "batch": "batch"}))
+def bdi_mlp_moments(config: MLPMomentsConfig) -> dict:
+    """Exact φ(JJᵀ) and φ((JJᵀ)²) of a deep MLP's input-output Jacobian per independent
+    network (:func:`mlp_moments`), to compare with the multiplication theorem (Chen et al.
+    2020; :func:`gnelib.moments.serial`): ``phi``, ``phi2`` and ``relative_variance`` (φ₂/φ² − 1), one entry
+    per seed."""
+    a = mlp_moments(config.width, config.depth, config.init, config.activation,
+                    slope=config.slope, gain=config.gain, seeds=config.seeds,
+                    batch=config.batch, seed=config.seed)
+    return {"phi": a[:, 0].tolist(), "phi2": a[:, 1].tolist(),
+            "relative_variance": (a[:, 1] / a[:, 0] ** 2 - 1).tolist()}
+
+
+@dataclass(frozen=True)
+class ResidualMomentsConfig:
+    """``blocks`` residual blocks x + s W₂ relu(s W₁ x) at width ``width`` (see
+    :func:`residual_moments`)."""
+
+    width: int = 128
+    blocks: int = 27
+    scale: float = 1.0
+    seeds: int = 5
+    batch: int = 4
+    seed: int = 0
+
+    def __post_init__(self):
+        check_positive("scale", self.scale)
+        for f in ("width", "blocks", "batch"):
+            check_positive_int(f, getattr(self, f))
+        check_positive_int("seeds", self.seeds, minimum=2)
+        check_positive_int("seed", self.seed, minimum=0)
+
+
+@register("bdi_residual_moments", ResidualMomentsConfig,
+          profiles=_bdi_profiles({"width": "res_width", "seeds": "res_seeds", "batch": "batch"}))
+def bdi_residual_moments(config: ResidualMomentsConfig) -> dict:
+    """Exact φ(JJᵀ) and φ((JJᵀ)²) of a stack of scaled residual blocks per independent draw
+    (:func:`residual_moments`), to compare with the addition and multiplication theorems and
+    the shallow-network trick (Chen et al. 2020; :func:`gnelib.moments.residual`): ``phi``, ``phi2`` and
+    ``relative_variance``, one entry per seed."""
+    a = residual_moments(config.width, config.blocks, config.scale, seeds=config.seeds,
+                         batch=config.batch, seed=config.seed)
+    return {"phi": a[:, 0].tolist(), "phi2": a[:, 1].tolist(),
+            "relative_variance": (a[:, 1] / a[:, 0] ** 2 - 1).tolist()}
+
+
+@dataclass(frozen=True)
+class NormalizedStackConfig:
+    """``draws`` Linear→norm→ReLU stacks of ``depth`` blocks with frozen batch statistics
+    (see :func:`normalized_stack_phi`)."""
+
+    width: int = 256
+    batch: int = 512
+    depth: int = 10
+    norm: str = "bn"
+    centred: bool = False
+    draws: int = 3
+    seed: int = 0
+
+    def __post_init__(self):
+        check_choice("norm", self.norm, ("bn", "smn"))
+        for f in ("width", "depth"):
+            check_positive_int(f, getattr(self, f))
+        check_positive_int("batch", self.batch, minimum=2)
+        check_positive_int("draws", self.draws)
+        check_positive_int("seed", self.seed, minimum=0)
+
+
+@register("bdi_normalized_stack", NormalizedStackConfig,
+          profiles=_bdi_profiles({"width": lambda z: z["stack_widths"][-1], "batch": "stack_batch",
+                                  "depth": "stack_depth", "draws": "stack_seeds"}))
+def bdi_normalized_stack(config: NormalizedStackConfig) -> dict:
+    """Exact per-block φ(JJᵀ) of BN/SMN stacks with frozen batch statistics
+    (:func:`normalized_stack_phi`), to compare with the BN rate π/(π−1) (our derivation from
+    the second-moment lemma): ``phi`` holds one list of ``depth`` per-block values per draw,
+    draw ``d`` seeded ``100·seed + d``."""
+    return {"phi": [normalized_stack_phi(config.width, config.batch, config.depth, config.norm,
+                                         config.centred, seed=config.seed * 100 + d).tolist()
+                    for d in range(config.draws)]}
+
+
+@dataclass(frozen=True)
+class SerialGradientsConfig:
+    """``draws`` fresh :class:`~gnelib.convnets.SerialNet` models at initialisation on
+    ``image``×``image`` Gaussian inputs (see :func:`init_gradient_norms`). ``slope`` is used
+    by the leaky activations only; ``selu_eps`` < 0 means the standard SeLU."""
+
+    width: int = 8
+    norm: str = "none"
+    init: str = "kaiming"
+    activation: str = "relu"
+    slope: float = 0.18
+    selu_eps: float = -1.0
+    image: int = 16
+    batch: int = 32
+    draws: int = 8
+    seed: int = 0
+
+    def __post_init__(self):
+        from .bdi_inits import CONV_INITS
+        from .convnets import CONV_ACTIVATIONS, NORMS
+        check_choice("norm", self.norm, NORMS)
+        check_choice("init", self.init, CONV_INITS)
+        check_choice("activation", self.activation, CONV_ACTIVATIONS)
+        for f in ("width", "image", "batch", "draws"):
+            check_positive_int(f, getattr(self, f))
+        check_positive_int("seed", self.seed, minimum=0)
+
+
+@register("bdi_serial_gradients", SerialGradientsConfig,
+          profiles=_bdi_profiles({"width": "net_width", "image": "net_image",
+                                  "batch": "net_batch", "draws": "net_draws"}))
+def bdi_serial_gradients(config: SerialGradientsConfig) -> dict:
+    """Per-layer squared weight-gradient norms of Chen et al.'s serial network at
+    initialisation (:func:`init_gradient_norms`, the paper's gradient figure taken at
+    initialisation): ``grad_sq_norms`` holds one list (layers in depth order) per draw."""
+    from .convnets import SerialNet
+
+    def make(gen):
+        return SerialNet(width=config.width, norm=config.norm, init=config.init,
+                         activation=config.activation, slope=config.slope,
+                         selu_eps=None if config.selu_eps < 0 else config.selu_eps,
+                         generator=gen)
+
+    a = init_gradient_norms(make, config.draws, (3, config.image, config.image),
+                            batch=config.batch, seed=config.seed)
+    return {"grad_sq_norms": a.tolist()}

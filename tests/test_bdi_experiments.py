@@ -61,3 +61,101 @@ def test_normalized_stack_phi_matches_frozen_statistics_jacobian():
     mu, sd = h.mean(0), h.var(0, unbiased=False).sqrt()
     ref = gnelib.jacobian_moments(lambda t: torch.relu((t @ w.T - mu) / sd), x, exact=True)
     assert phis[0] == pytest.approx(ref.phi1, rel=1e-10)
+
+
+@pytest.mark.parametrize("name,config,direct", [
+    ("bdi_mlp_moments",
+     X.MLPMomentsConfig(width=8, depth=3, init="orthogonal", activation="leaky_relu", slope=0.3,
+                        gain=1.2, seeds=3, batch=2, seed=1),
+     lambda: X.mlp_moments(8, 3, "orthogonal", "leaky_relu", slope=0.3, gain=1.2, seeds=3,
+                           batch=2, seed=1)),
+    ("bdi_residual_moments",
+     X.ResidualMomentsConfig(width=8, blocks=3, scale=0.6, seeds=3, batch=2, seed=1),
+     lambda: X.residual_moments(8, 3, 0.6, seeds=3, batch=2, seed=1)),
+])
+def test_registered_moments_experiment_and_store(tmp_path, name, config, direct):
+    """The registered experiment returns the per-seed moments of the direct function, and a
+    Store run is written once and read back identically."""
+    from gnelib import experiments
+    from gnelib.store import Store
+    assert name in experiments.names()
+    result = experiments.get(name)(config)
+    assert set(result) == {"phi", "phi2", "relative_variance"}
+    a = direct()
+    assert result["phi"] == a[:, 0].tolist() and result["phi2"] == a[:, 1].tolist()
+    assert result["relative_variance"] == pytest.approx(a[:, 1] / a[:, 0] ** 2 - 1, rel=1e-12)
+    store = Store(tmp_path)
+    first, cached = store.run(name, config)
+    assert cached is False and first["result"] == result
+    second, cached = store.run(name, config)
+    assert cached is True and second == first
+
+
+def test_registered_profiles_follow_sizes():
+    """Profile defaults of the registered experiments are SIZES["bdi"] (one source of truth)."""
+    from gnelib import experiments
+    from gnelib.profiles import SIZES
+    for profile, z in SIZES["bdi"].items():
+        c = experiments.make_config("bdi_mlp_moments", profile)
+        assert (c.width, c.depth, c.seeds, c.batch) == (z["mlp_width"], z["depths"][-1],
+                                                        z["seeds"], z["batch"])
+        r = experiments.make_config("bdi_residual_moments", profile)
+        assert (r.width, r.seeds, r.batch) == (z["res_width"], z["res_seeds"], z["batch"])
+    with pytest.raises(ValueError, match="activation"):
+        X.MLPMomentsConfig(activation="tanh")
+    with pytest.raises(ValueError, match="scale"):
+        X.ResidualMomentsConfig(scale=0.0)
+
+
+def test_registered_normalized_stack_and_store(tmp_path):
+    """bdi_normalized_stack returns normalized_stack_phi per draw (seeds 100·seed + d); a
+    Store run is written once and read back identically; its profile follows SIZES."""
+    from gnelib import experiments
+    from gnelib.profiles import SIZES
+    from gnelib.store import Store
+    config = X.NormalizedStackConfig(width=8, batch=16, depth=3, norm="smn", centred=True,
+                                     draws=2, seed=1)
+    result = experiments.get("bdi_normalized_stack")(config)
+    assert set(result) == {"phi"}
+    assert result["phi"] == [X.normalized_stack_phi(8, 16, 3, "smn", True, seed=100 + d).tolist()
+                             for d in range(2)]
+    store = Store(tmp_path)
+    first, cached = store.run("bdi_normalized_stack", config)
+    assert cached is False and first["result"] == result
+    second, cached = store.run("bdi_normalized_stack", config)
+    assert cached is True and second == first
+    for profile, z in SIZES["bdi"].items():
+        c = experiments.make_config("bdi_normalized_stack", profile)
+        assert (c.width, c.batch, c.depth, c.draws) == (z["stack_widths"][-1], z["stack_batch"],
+                                                        z["stack_depth"], z["stack_seeds"])
+    with pytest.raises(ValueError, match="norm"):
+        X.NormalizedStackConfig(norm="ln")
+
+
+def test_registered_serial_gradients_and_store(tmp_path):
+    """bdi_serial_gradients returns init_gradient_norms of the configured SerialNet (32 weight
+    layers, one row per draw); a Store run is written once and read back identically."""
+    from gnelib import experiments
+    from gnelib.profiles import SIZES
+    from gnelib.store import Store
+    config = X.SerialGradientsConfig(width=2, norm="smn", init="orthogonal",
+                                     activation="leaky_relu", slope=0.3, image=4, batch=2,
+                                     draws=2, seed=1)
+    result = experiments.get("bdi_serial_gradients")(config)
+    assert set(result) == {"grad_sq_norms"}
+    a = X.init_gradient_norms(
+        lambda g: gnelib.SerialNet(width=2, norm="smn", init="orthogonal",
+                                   activation="leaky_relu", slope=0.3, generator=g),
+        2, (3, 4, 4), batch=2, seed=1)
+    assert a.shape == (2, 32) and result["grad_sq_norms"] == a.tolist()
+    store = Store(tmp_path)
+    first, cached = store.run("bdi_serial_gradients", config)
+    assert cached is False and first["result"] == result
+    second, cached = store.run("bdi_serial_gradients", config)
+    assert cached is True and second == first
+    for profile, z in SIZES["bdi"].items():
+        c = experiments.make_config("bdi_serial_gradients", profile)
+        assert (c.width, c.image, c.batch, c.draws) == (z["net_width"], z["net_image"],
+                                                        z["net_batch"], z["net_draws"])
+    with pytest.raises(ValueError, match="norm"):
+        X.SerialGradientsConfig(norm="ln")
