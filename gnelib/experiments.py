@@ -42,7 +42,8 @@ from .errors import check_choice, check_positive, check_positive_int
 from .profiles import check_profile
 
 __all__ = ["Experiment", "register", "get", "names", "make_config", "parse_value",
-           "config_key", "config_dict", "library_version", "GradientNormsConfig", "TrainMLPConfig"]
+           "config_key", "config_dict", "library_version", "GradientNormsConfig", "TrainMLPConfig",
+           "gradient_norms_at_init", "train_mlp"]
 
 _TYPES = (int, float, str, bool)
 
