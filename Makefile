@@ -31,6 +31,10 @@ book: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests -q -n 2 --durations=10
 
+# Chapters run side by side: one torch thread per kernel avoids oversubscribing the cores,
+# and papermill and nbval must use the same thread count for identical outputs.
+smoke nbval: export OMP_NUM_THREADS := 1
+
 smoke: $(STAMP)
 	$(BIN)/python tools/book.py execute --profile smoke --force --jobs 2
 
@@ -41,10 +45,18 @@ nbval: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks --all $(BENCH_ARGS)
 
-bench-smoke: $(STAMP)
+bench-# Chapters run side by side: one torch thread per kernel avoids oversubscribing the cores,
+# and papermill and nbval must use the same thread count for identical outputs.
+smoke nbval: export OMP_NUM_THREADS := 1
+
+smoke: $(STAMP)
 	$(BIN)/python -m benchmarks --all --smoke $(BENCH_ARGS)
 
-render-smoke: $(STAMP)
+render-# Chapters run side by side: one torch thread per kernel avoids oversubscribing the cores,
+# and papermill and nbval must use the same thread count for identical outputs.
+smoke nbval: export OMP_NUM_THREADS := 1
+
+smoke: $(STAMP)
 	$(BIN)/python tools/book.py render --profile smoke
 
 test: $(STAMP)

@@ -111,7 +111,10 @@ def execute(profile: str, only: str | None, force: bool, jobs: int = 1) -> int:
             print(f"[{profile}] {src.stem}: up to date")
         else:
             todo.append(src)
-    # each chapter runs in its own kernel process, so threads are enough to run them side by side
+    # each chapter runs in its own kernel process, so threads are enough to run them side by side;
+    # the kernels share the cores, so each gets its share of torch threads unless told otherwise
+    if jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         ok = list(pool.map(lambda src: execute_one(src, profile, out_dir), todo))
     failures = [src.stem for src, good in zip(todo, ok) if not good]
