@@ -45,18 +45,10 @@ nbval: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks --all $(BENCH_ARGS)
 
-bench-# Chapters run side by side: one torch thread per kernel avoids oversubscribing the cores,
-# and papermill and nbval must use the same thread count for identical outputs.
-smoke nbval: export OMP_NUM_THREADS := 1
-
-smoke: $(STAMP)
+bench-smoke: $(STAMP)
 	$(BIN)/python -m benchmarks --all --smoke $(BENCH_ARGS)
 
-render-# Chapters run side by side: one torch thread per kernel avoids oversubscribing the cores,
-# and papermill and nbval must use the same thread count for identical outputs.
-smoke nbval: export OMP_NUM_THREADS := 1
-
-smoke: $(STAMP)
+render-smoke: $(STAMP)
 	$(BIN)/python tools/book.py render --profile smoke
 
 test: $(STAMP)
