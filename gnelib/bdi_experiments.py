@@ -15,11 +15,10 @@ from torch.nn import functional as F
 
 from .bdi_inits import haar_orthogonal_
 from .errors import check_choice, check_positive, check_positive_int
-from .experiments import register
+from .experiments import profiles_from_sizes, register
 from .layers import SecondMomentNorm
 from .moments import SELU_ALPHA, SELU_LAMBDA, selu_coefficients
 from .probes import jacobian_moments
-from .profiles import SIZES
 
 __all__ = ["mlp_moments", "residual_moments", "normalized_stack_phi", "sws_block_phi",
            "init_gradient_norms", "smn_bn_timing", "MLPMomentsConfig", "ResidualMomentsConfig",
@@ -201,16 +200,6 @@ def smn_bn_timing(shapes, repeats: int = 5, device: str | torch.device = "cpu",
 # defaults are read from SIZES["bdi"], the one source of the chapter's sizes.
 # --------------------------------------------------------------------------------------
 
-def _bdi_profiles(fields: dict) -> dict:
-    """``{profile: {config field: SIZES["bdi"][profile][size name]}}`` for ``fields``
-    mapping a configuration field to a size name (or a function of the size namespace)."""
-    out = {}
-    for profile, sizes in SIZES["bdi"].items():
-        out[profile] = {f: (src(sizes) if callable(src) else sizes[src])
-                        for f, src in fields.items()}
-    return out
-
-
 @dataclass(frozen=True)
 class MLPMomentsConfig:
     """A deep MLP ``act(W x)`` of ``depth`` blocks at width ``width`` (see :func:`mlp_moments`)."""
@@ -236,7 +225,7 @@ class MLPMomentsConfig:
 
 
 @register("bdi_mlp_moments", MLPMomentsConfig,
-          profiles=_bdi_profiles({"width": "mlp_width", "depth": lambda z: z["depths"][-1],
+          profiles=profiles_from_sizes("bdi", {"width": "mlp_width", "depth": lambda z: z["depths"][-1],
                                   "seeds": "seeds", "batch": "batch"}))
 def bdi_mlp_moments(config: MLPMomentsConfig) -> dict:
     """Exact φ(JJᵀ) and φ((JJᵀ)²) of a deep MLP's input-output Jacobian per independent
@@ -271,7 +260,7 @@ class ResidualMomentsConfig:
 
 
 @register("bdi_residual_moments", ResidualMomentsConfig,
-          profiles=_bdi_profiles({"width": "res_width", "seeds": "res_seeds", "batch": "batch"}))
+          profiles=profiles_from_sizes("bdi", {"width": "res_width", "seeds": "res_seeds", "batch": "batch"}))
 def bdi_residual_moments(config: ResidualMomentsConfig) -> dict:
     """Exact φ(JJᵀ) and φ((JJᵀ)²) of a stack of scaled residual blocks per independent draw
     (:func:`residual_moments`), to compare with the addition and multiplication theorems and
@@ -306,7 +295,7 @@ class NormalizedStackConfig:
 
 
 @register("bdi_normalized_stack", NormalizedStackConfig,
-          profiles=_bdi_profiles({"width": lambda z: z["stack_widths"][-1], "batch": "stack_batch",
+          profiles=profiles_from_sizes("bdi", {"width": lambda z: z["stack_widths"][-1], "batch": "stack_batch",
                                   "depth": "stack_depth", "draws": "stack_seeds"}))
 def bdi_normalized_stack(config: NormalizedStackConfig) -> dict:
     """Exact per-block φ(JJᵀ) of BN/SMN stacks with frozen batch statistics
@@ -347,7 +336,7 @@ class SerialGradientsConfig:
 
 
 @register("bdi_serial_gradients", SerialGradientsConfig,
-          profiles=_bdi_profiles({"width": "net_width", "image": "net_image",
+          profiles=profiles_from_sizes("bdi", {"width": "net_width", "image": "net_image",
                                   "batch": "net_batch", "draws": "net_draws"}))
 def bdi_serial_gradients(config: SerialGradientsConfig) -> dict:
     """Per-layer squared weight-gradient norms of Chen et al.'s serial network at

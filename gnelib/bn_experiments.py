@@ -14,9 +14,8 @@ import torch
 from .bn_gradients import bn_chain_gaps, torch_threads
 from .bn_mlp import BNMLP
 from .errors import check_choice, check_positive_int
-from .experiments import register
+from .experiments import parse_numbers, profiles_from_sizes, register
 from .isometry import gram_eigenvalues, haar_orthogonal, isometry_gap, isometry_gaps
-from .profiles import SIZES
 from .weingarten import haar_moment
 
 __all__ = ["row_bn", "monotonicity_paths", "weingarten_mc_table", "theorem3_one_step",
@@ -327,39 +326,8 @@ def gaussian_gap_growth(width: int, paths: int, steps: int, generator: torch.Gen
 # configuration of int/float/str/bool fields, so list-valued sizes (depths, gains) are
 # comma-separated strings; the profiles are built from SIZES["bn"], the one source of truth.
 
-def _csv(values) -> str:
-    """A list of sizes as the comma-separated string a configuration field holds."""
-    return ",".join(f"{v:g}" if isinstance(v, float) else str(int(v)) for v in values)
-
-
-def _ints(text: str, field: str) -> list[int]:
-    try:
-        out = [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise ValueError(f"{field} must be comma-separated integers, got {text!r}") from None
-    if not out or any(v <= 0 for v in out):
-        raise ValueError(f"{field} must be comma-separated positive integers, got {text!r}")
-    return out
-
-
-def _floats(text: str, field: str) -> list[float]:
-    try:
-        out = [float(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise ValueError(f"{field} must be comma-separated numbers, got {text!r}") from None
-    if not out or any(not v > 0 for v in out):
-        raise ValueError(f"{field} must be comma-separated positive numbers, got {text!r}")
-    return out
-
-
 def _profiles(**fields) -> dict:
-    """``{profile: {config field: SIZES["bn"][profile][size key]}}``; list sizes become
-    comma-separated strings, ``fields`` maps configuration fields to size keys."""
-    out = {}
-    for p, s in SIZES["bn"].items():
-        out[p] = {f: (_csv(s[k]) if isinstance(s[k], (list, tuple)) else s[k])
-                  for f, k in fields.items()}
-    return out
+    return profiles_from_sizes("bn", fields)
 
 
 @dataclass(frozen=True)
@@ -380,7 +348,7 @@ class BNDepthSweepConfig:
     seed: int = 0
 
     def __post_init__(self):
-        _ints(self.depths, "depths")
+        parse_numbers(self.depths, "depths")
         for f in ("width", "batch", "seeds"):
             check_positive_int(f, getattr(self, f))
         for f in ("in_dim", "distinct", "seed"):
@@ -396,7 +364,7 @@ def bn_depth_sweep(config: BNDepthSweepConfig, device="cpu", progress: bool = Fa
     orthogonal-vs-Gaussian, batch-size, degenerate-batch and activation-shaping sweeps of the
     chapter. Returns ``depths`` and ``log_grad_norm`` (seeds x depths)."""
     from .bn_gradients import log_grad_norm_vs_depth
-    depths = _ints(config.depths, "depths")
+    depths = parse_numbers(config.depths, "depths")
     g = log_grad_norm_vs_depth(depths, config.width, config.batch, in_dim=config.in_dim or None,
                                init=config.init, norm=config.norm, activation=config.activation,
                                gain_exponent=config.gain_exponent,
@@ -418,7 +386,7 @@ class BNRateLawConfig:
     seed: int = 0
 
     def __post_init__(self):
-        _floats(self.alphas, "alphas")
+        parse_numbers(self.alphas, "alphas", float)
         for f in ("depth", "width", "seeds"):
             check_positive_int(f, getattr(self, f))
         check_positive_int("seed", self.seed, minimum=0)
@@ -434,7 +402,7 @@ def bn_rate_law(config: BNRateLawConfig, device="cpu", progress: bool = False) -
     (standard BN, orthogonal weights, d = n = ``width``), seeded by ``seed + j`` for the
     j-th gain. Returns ``alphas`` and ``profiles`` (gains x seeds x layers)."""
     from .bn_gradients import layer_gradient_profile
-    alphas = _floats(config.alphas, "alphas")
+    alphas = parse_numbers(config.alphas, "alphas", float)
     profs = [layer_gradient_profile(config.depth, config.width, config.width, norm="torch",
                                     activation=config.activation, gain=al, seeds=config.seeds,
                                     seed=config.seed + j, device=device, progress=progress)
@@ -458,7 +426,7 @@ class BNTrainDepthsConfig:
 
     def __post_init__(self):
         check_choice("train_data", self.train_data, TRAIN_DATA)
-        _ints(self.depths, "depths")
+        parse_numbers(self.depths, "depths")
         for f in ("width", "steps"):
             check_positive_int(f, getattr(self, f))
         if not self.lr > 0:
@@ -478,7 +446,7 @@ def bn_train_depths(config: BNTrainDepthsConfig, device="cpu", progress: bool = 
     ``seed``). Returns the data set used, its number of classes, and per depth the fields
     of :class:`TrainResult`."""
     data, name = load_bn_training_data(config.train_data, torch.Generator().manual_seed(config.data_seed))
-    res = train_bn_depths(data, _ints(config.depths, "depths"), config.width, config.steps,
+    res = train_bn_depths(data, parse_numbers(config.depths, "depths"), config.width, config.steps,
                           config.lr, torch.Generator().manual_seed(config.seed),
                           activation=config.activation, gain_exponent=config.gain_exponent,
                           device=device, progress=progress)

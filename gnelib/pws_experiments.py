@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from .errors import check_choice, check_positive, check_positive_int
-from .experiments import register
-from .profiles import PROFILES, SIZES
+from .experiments import parse_numbers, profiles_from_sizes, register
+from .profiles import SIZES
 
 __all__ = ["CollapseConfig", "BatchSizeConfig", "pws_collapse", "pws_batch_size",
            "COLLAPSE_NORMS", "BATCH_SIZE_NORMS"]
@@ -26,25 +26,6 @@ __all__ = ["CollapseConfig", "BatchSizeConfig", "pws_collapse", "pws_batch_size"
 COLLAPSE_NORMS = ("none", "centre", "wn", "pws")
 BATCH_SIZE_NORMS = ("bn", "gn", "pws")
 _BOOK = SIZES["pws"]["book"]
-
-
-def _profiles(fields: dict) -> dict:
-    """``{profile: {config field: SIZES["pws"][profile][sizes key or f(sizes)]}}``."""
-    out = {}
-    for p in PROFILES:
-        z = SIZES["pws"][p]
-        out[p] = {k: (v(z) if callable(v) else z[v]) for k, v in fields.items()}
-    return out
-
-
-def _ints(text: str, name: str) -> tuple[int, ...]:
-    try:
-        vals = tuple(int(t) for t in text.split(","))
-    except ValueError:
-        raise ValueError(f"{name} must be comma-separated positive integers, got {text!r}") from None
-    for v in vals:
-        check_positive_int(name, v)
-    return vals
 
 
 @dataclass(frozen=True)
@@ -78,7 +59,7 @@ class CollapseConfig:
 
 
 @register("pws_collapse", CollapseConfig,
-          profiles=_profiles({"depth": "collapse_depth", "width": "collapse_width",
+          profiles=profiles_from_sizes("pws", {"depth": "collapse_depth", "width": "collapse_width",
                               "steps": "collapse_steps"}))
 def pws_collapse(config: CollapseConfig, device="cpu") -> dict:
     """Train a deep plain ReLU network at a large learning rate and record, after every step,
@@ -148,15 +129,14 @@ class BatchSizeConfig:
         for f in ("batch", "steps", "gn_groups"):
             check_positive_int(f, getattr(self, f))
         check_positive("lr", self.lr)
-        if len(_ints(self.widths, "widths")) != len(_ints(self.blocks, "blocks")):
+        if len(tuple(parse_numbers(self.widths, "widths"))) != len(tuple(parse_numbers(self.blocks, "blocks"))):
             raise ValueError(f"widths and blocks must have equal length, got {self.widths!r} "
                              f"and {self.blocks!r}")
 
 
 @register("pws_batch_size", BatchSizeConfig,
-          profiles=_profiles({"steps": "bs_steps", "lr": "bs_lr", "dataset": "bs_dataset",
-                              "widths": lambda z: ",".join(str(w) for w in z["bs_widths"]),
-                              "blocks": lambda z: ",".join(str(b) for b in z["bs_blocks"])}))
+          profiles=profiles_from_sizes("pws", {"steps": "bs_steps", "lr": "bs_lr", "dataset": "bs_dataset",
+                              "widths": "bs_widths", "blocks": "bs_blocks"}))
 def pws_batch_size(config: BatchSizeConfig, device="cpu") -> dict:
     """Test accuracy of a small ResNet (:class:`~gnelib.pws_models.PWSResNet`, BN or GN in every
     block, or PWS convolutions with only two GroupNorm(1) layers, Definition ``pws-def-pws``)
@@ -182,8 +162,8 @@ def pws_batch_size(config: BatchSizeConfig, device="cpu") -> dict:
         data = mnist1d()
         in_ch, dim = 1, 1
     g = torch.Generator().manual_seed(config.seed)
-    net = PWSResNet(in_ch, data.num_classes, widths=_ints(config.widths, "widths"),
-                    blocks=_ints(config.blocks, "blocks"), norm=config.norm, dim=dim,
+    net = PWSResNet(in_ch, data.num_classes, widths=tuple(parse_numbers(config.widths, "widths")),
+                    blocks=tuple(parse_numbers(config.blocks, "blocks")), norm=config.norm, dim=dim,
                     gn_groups=config.gn_groups, generator=g)
     t0 = time.perf_counter()
     h = train(net, data, config.steps, config.batch, config.lr, config.momentum,
