@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from gnelib import get_device
+from gnelib.base.device import get_device, set_threads
 
 from . import SUITES, runner
 from .harness import FULL, SMOKE, environment, format_table
@@ -36,7 +36,7 @@ def main(argv=None) -> int:
     if a.threads is None and a.smoke:
         a.threads = 1  # toy sizes: one thread avoids thread-pool stalls on a busy machine
     if a.threads is not None:
-        torch.set_num_threads(a.threads)
+        set_threads(a.threads)
     device = get_device(a.device)
     settings = SMOKE if a.smoke else FULL
     env = environment(device)

@@ -1,6 +1,6 @@
 """Benchmark 4: depth scaling of the BN MLP gradient sweep (Meterez et al. 2024).
 
-Time of :func:`gnelib.bn_gradients.log_grad_norm_vs_depth` for one network of depth ``L``
+Time of :func:`gnelib.probes.bn_chain.log_grad_norm_vs_depth` for one network of depth ``L``
 (:math:`\\log\\|\\nabla_{W_1}\\mathcal L\\|` at initialisation, width d = batch n = 100,
 orthogonal weights, the paper's BN, float64), for ``L`` up to 1000. The sweep draws ``L`` Haar
 weights, runs ``L`` layers forward and ``L`` backward, so its cost should be linear in ``L``:
@@ -9,7 +9,7 @@ slope of log(time) against log(depth) over the three deepest networks (1 means l
 """
 from __future__ import annotations
 
-from gnelib.bn_gradients import layer_gradient_profile, log_grad_norm_vs_depth
+from gnelib.probes.bn_chain import layer_gradient_profile, log_grad_norm_vs_depth
 
 from .harness import FULL, Case, Settings, goal, loglog_slope, run_suite
 

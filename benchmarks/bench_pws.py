@@ -5,7 +5,7 @@ on 32x32 inputs, at several batch sizes, with three normalisations:
 
 - ``BN``: ``Conv2d`` (no bias) + ``BatchNorm2d`` + ReLU per layer (the reference);
 - ``GN``: ``Conv2d`` (no bias) + ``GroupNorm`` + ReLU;
-- ``PWS``: :class:`gnelib.pws.PWSConv2d` + ReLU (the kernel is standardised, not the
+- ``PWS``: :class:`gnelib.nn.convs.PWSConv2d` + ReLU (the kernel is standardised, not the
   activations: cost :math:`O(C_{out}C_{in}k^2)` per step instead of :math:`O(NCHW)`).
 
 ``pws_eval``: the forward pass in eval mode of the PWS stack (kernel folded once) against the
@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from gnelib.pws import PWSConv2d
+from gnelib.nn.convs import PWSConv2d
 
 from .harness import FULL, Case, Settings, goal, median_ratio, run_suite
 

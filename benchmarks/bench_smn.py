@@ -9,7 +9,7 @@ into a leaf's ``.grad``, as for a layer inside a network). Contenders:
 - ``BatchNorm2d``: ``torch.nn.BatchNorm2d`` (the reference; a fused native kernel);
 - ``SMN eager``: :class:`gnelib.SecondMomentNorm` (closed-form backward, the default);
 - ``BN eager``: batch norm in plain ops (:func:`batch_norm_plain`), autograd backward;
-- ``SMN compiled``: :class:`gnelib.fast.CompiledSecondMomentNorm`, what the library ships:
+- ``SMN compiled``: :class:`gnelib.nn.fast.CompiledSecondMomentNorm`, what the library ships:
   forward and closed-form backward, each compiled with ``torch.compile``;
 - ``BN compiled`` and ``BN compiled, two-pass``: batch norm written and compiled the same
   way (:func:`bn_forward` with one ``var_mean`` pass, or :func:`bn_forward_two_pass`, and
@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import torch
 
-from gnelib.fast import (CompiledFunction, CompiledSecondMomentNorm, compile_enabled,
+from gnelib.nn.fast import (CompiledFunction, CompiledSecondMomentNorm, compile_enabled,
                          reduce_dims, reset_compiled)
-from gnelib.layers import SecondMomentNorm
+from gnelib.nn.norms import SecondMomentNorm
 
 from .harness import FULL, Case, Settings, goal, median_ratio, run_suite
 
@@ -53,7 +53,7 @@ def _bn_autograd_train(x, weight, bias, eps: float):
 
 
 def bn_forward(x, weight, bias, eps: float):
-    """Batch norm forward for the compiler, like :func:`gnelib.fast.smn_forward`: returns
+    """Batch norm forward for the compiler, like :func:`gnelib.nn.fast.smn_forward`: returns
     ``(y, mu, rstd)`` with :math:`\\mathrm{rstd}=1/\\sqrt{\\sigma^2+\\epsilon}`; mean and
     variance from one ``var_mean`` (one pass over the input once compiled)."""
     view = (1, -1) + (1,) * (x.ndim - 2)
@@ -89,7 +89,7 @@ def bn_backward(dy, x, mu, rstd, weight):
 
 class CompiledBatchNormFunction(torch.autograd.Function):
     """Batch norm with :func:`bn_forward` and :func:`bn_backward` compiled separately, the
-    way :class:`gnelib.fast.CompiledSecondMomentNorm` compiles SMN."""
+    way :class:`gnelib.nn.fast.CompiledSecondMomentNorm` compiles SMN."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, eps, kernels):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from gnelib.base.device import torch_threads
+
 from . import SUITES, runner
 from .harness import SMOKE, format_table, loglog_slope, result_path
 from .harness import median_ratio as _median_ratio
@@ -47,12 +49,8 @@ def load_or_run(profile: str, names=None, threads: int = 1) -> tuple[dict, list[
     for name in names or SUITES:
         rec = load(name, prefer_smoke=(profile == "smoke"))
         if rec is None:
-            old = torch.get_num_threads()
-            torch.set_num_threads(threads)
-            try:
+            with torch_threads(threads):
                 rec = runner(name)(SMOKE, device="cpu", progress=False)
-            finally:
-                torch.set_num_threads(old)
             ran.append(name)
         records[name] = rec
     return records, ran

@@ -8,7 +8,7 @@
     gne sweep EXPERIMENT [--grid key=v1,v2 ...] [--seeds N] [--set key=value ...]
               [--scheduler tcp://host:port | --workers N | --jobs N]
 
-Results of ``run`` and ``sweep`` go through the results store (:mod:`gnelib.store`), so a
+Results of ``run`` and ``sweep`` go through the results store (:mod:`gnelib.runs.store`), so a
 configuration already done is read back. A bad argument prints one line naming the argument
 and what is allowed, and exits with status 2.
 """
@@ -50,8 +50,8 @@ def _fmt(v) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .profiles import PROFILES
-    from .repro import DEVICES
+    from gnelib.base.profiles import PROFILES
+    from gnelib.base.device import DEVICES
 
     p = _Parser(prog="gne", description="gnelib: experiments, probes and sweeps on gradient norm equality.")
     sub = p.add_subparsers(dest="command", metavar="{list,run,probe,sweep}", parser_class=_Parser)
@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_list(args) -> int:
     from tabulate import tabulate
 
-    from . import experiments
+    from gnelib.runs import registry as experiments
     for name in experiments.names():
         exp = experiments.get(name)
         print(f"{name}: {exp.doc}")
@@ -125,8 +125,8 @@ def _cmd_list(args) -> int:
 
 
 def _config(args, extra: dict):
-    from . import experiments
-    from .repro import get_device
+    from gnelib.runs import registry as experiments
+    from gnelib.base.device import get_device
     try:
         args.device = str(get_device(args.device))
         experiments.get(args.experiment)
@@ -136,12 +136,12 @@ def _config(args, extra: dict):
 
 
 def _store(args):
-    from .store import Store
+    from gnelib.runs.store import Store
     return Store(args.store)
 
 
 def _summary(name: str, record: dict) -> dict:
-    from . import experiments
+    from gnelib.runs import registry as experiments
     exp = experiments.get(name)
     if exp.summary is not None:
         return exp.summary(record["result"])
@@ -151,7 +151,7 @@ def _summary(name: str, record: dict) -> dict:
 def _cmd_run(args) -> int:
     from tabulate import tabulate
 
-    from . import experiments
+    from gnelib.runs import registry as experiments
     cfg = _config(args, {"seed": str(args.seed)})
     store = _store(args)
     rec, cached = store.run(args.experiment, cfg, device=args.device, progress=True, force=args.force)
@@ -168,9 +168,9 @@ def _cmd_run(args) -> int:
 def _cmd_sweep(args) -> int:
     from tabulate import tabulate
 
-    from . import experiments
-    from .repro import get_device
-    from .sweep import expand_grid, sweep
+    from gnelib.runs import registry as experiments
+    from gnelib.base.device import get_device
+    from gnelib.runs.sweep import expand_grid, sweep
     if args.seeds < 1:
         raise UsageError(f"gne sweep: error: argument --seeds: must be an integer >= 1, got {args.seeds}")
     for flag, v in (("--workers", args.workers), ("--jobs", args.jobs)):
@@ -205,8 +205,8 @@ def _cmd_sweep(args) -> int:
 def _cmd_probe(args) -> int:
     import torch
 
-    from . import probe_model as pm
-    from .repro import get_device
+    from gnelib.probes import model as pm
+    from gnelib.base.device import get_device
     try:
         shape = pm.parse_shape(args.input_shape)
         kwargs = pm.parse_kwargs(args.arg)
@@ -237,7 +237,7 @@ def _cmd_probe(args) -> int:
         raise UsageError(f"gne probe: error: argument --blocks: {err}") from None
     print(pm.format_table(report))
     if args.json:
-        from .reporting import atomic_write_json
+        from gnelib.base.io import atomic_write_json
         atomic_write_json(args.json, report.as_dict())
     if args.plot:
         import matplotlib

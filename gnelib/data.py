@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import check_choice, check_positive_int
-from .reporting import data_dir
+from gnelib.base.errors import check_choice, check_positive_int
+from gnelib.base.io import data_dir
 
-__all__ = ["Dataset", "load_dataset", "mnist1d", "cifar10", "gaussian_mixture", "DATASETS"]
+__all__ = ["Dataset", "load_dataset", "mnist1d", "cifar10", "gaussian_mixture", "DATASETS",
+           "CIFAR10_URL", "CIFAR10_DIR", "CIFAR10_MEAN", "CIFAR10_STD", "teacher_data"]
 
 DATASETS = ("mnist1d", "gaussian_mixture", "cifar10")
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -164,3 +165,18 @@ def load_dataset(name: str, **kwargs) -> Dataset:
     """Load one of :data:`DATASETS` by name."""
     check_choice("dataset", name, DATASETS)
     return {"mnist1d": mnist1d, "gaussian_mixture": gaussian_mixture, "cifar10": cifar10}[name](**kwargs)
+
+
+def teacher_data(n_train: int = 4096, n_test: int = 1024, dim: int = 64, classes: int = 10,
+                 hidden: int = 128, generator: torch.Generator | None = None) -> Dataset:
+    """Gaussian inputs :math:`x\\sim\\mathcal N(0, I_{dim})` labelled by the argmax of a random
+    two-layer ReLU teacher ``W2 relu(W1 x)`` with He-scaled Gaussian weights."""
+    for name, v in (("n_train", n_train), ("n_test", n_test), ("dim", dim), ("hidden", hidden)):
+        check_positive_int(name, v)
+    check_positive_int("classes", classes, minimum=2)
+    g = generator if generator is not None else torch.Generator().manual_seed(0)
+    w1 = torch.randn(hidden, dim, generator=g) * (2 / dim) ** 0.5
+    w2 = torch.randn(classes, hidden, generator=g) * (2 / hidden) ** 0.5
+    x = torch.randn(n_train + n_test, dim, generator=g)
+    y = (torch.relu(x @ w1.T) @ w2.T).argmax(1)
+    return Dataset("teacher", x[:n_train], y[:n_train], x[n_train:], y[n_train:], classes)

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .data import Dataset
-from .errors import check_positive, check_positive_int
+from gnelib.data import Dataset
+from gnelib.base.errors import check_positive, check_positive_int
 
 __all__ = ["History", "train", "evaluate"]
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import gnelib
-from gnelib import bdi_experiments as X
+from gnelib.runs import bdi as X
 
 
 def _same_draw(width, batch, seed):
@@ -76,8 +76,8 @@ def test_normalized_stack_phi_matches_frozen_statistics_jacobian():
 def test_registered_moments_experiment_and_store(tmp_path, name, config, direct):
     """The registered experiment returns the per-seed moments of the direct function, and a
     Store run is written once and read back identically."""
-    from gnelib import experiments
-    from gnelib.store import Store
+    from gnelib.runs import registry as experiments
+    from gnelib.runs.store import Store
     assert name in experiments.names()
     result = experiments.get(name)(config)
     assert set(result) == {"phi", "phi2", "relative_variance"}
@@ -93,8 +93,8 @@ def test_registered_moments_experiment_and_store(tmp_path, name, config, direct)
 
 def test_registered_profiles_follow_sizes():
     """Profile defaults of the registered experiments are SIZES["bdi"] (one source of truth)."""
-    from gnelib import experiments
-    from gnelib.profiles import SIZES
+    from gnelib.runs import registry as experiments
+    from gnelib.base.profiles import SIZES
     for profile, z in SIZES["bdi"].items():
         c = experiments.make_config("bdi_mlp_moments", profile)
         assert (c.width, c.depth, c.seeds, c.batch) == (z["mlp_width"], z["depths"][-1],
@@ -110,9 +110,9 @@ def test_registered_profiles_follow_sizes():
 def test_registered_normalized_stack_and_store(tmp_path):
     """bdi_normalized_stack returns normalized_stack_phi per draw (seeds 100·seed + d); a
     Store run is written once and read back identically; its profile follows SIZES."""
-    from gnelib import experiments
-    from gnelib.profiles import SIZES
-    from gnelib.store import Store
+    from gnelib.runs import registry as experiments
+    from gnelib.base.profiles import SIZES
+    from gnelib.runs.store import Store
     config = X.NormalizedStackConfig(width=8, batch=16, depth=3, norm="smn", centred=True,
                                      draws=2, seed=1)
     result = experiments.get("bdi_normalized_stack")(config)
@@ -135,9 +135,9 @@ def test_registered_normalized_stack_and_store(tmp_path):
 def test_registered_serial_gradients_and_store(tmp_path):
     """bdi_serial_gradients returns init_gradient_norms of the configured SerialNet (32 weight
     layers, one row per draw); a Store run is written once and read back identically."""
-    from gnelib import experiments
-    from gnelib.profiles import SIZES
-    from gnelib.store import Store
+    from gnelib.runs import registry as experiments
+    from gnelib.base.profiles import SIZES
+    from gnelib.runs.store import Store
     config = X.SerialGradientsConfig(width=2, norm="smn", init="orthogonal",
                                      activation="leaky_relu", slope=0.3, image=4, batch=2,
                                      draws=2, seed=1)

@@ -1,4 +1,4 @@
-"""The benchmark harness (structure, alternation, JSON; never speed) and gnelib.fast."""
+"""The benchmark harness (structure, alternation, JSON; never speed) and gnelib.nn.fast."""
 from __future__ import annotations
 
 import json
@@ -18,7 +18,7 @@ from benchmarks import __main__ as cli  # noqa: E402
 from benchmarks import harness, report  # noqa: E402
 
 import gnelib  # noqa: E402
-from gnelib import fast  # noqa: E402
+from gnelib.nn import fast  # noqa: E402
 
 TINY = harness.Settings(min_run_time=0.002, rounds=3, warmup=1, smoke=True)
 
@@ -132,7 +132,7 @@ def test_unknown_suite_is_rejected():
     assert set(SUITES) == {"smn", "pws_train", "pws_eval", "jacobian", "depth"}
 
 
-# --- gnelib.fast -------------------------------------------------------------------------
+# --- gnelib.nn.fast -------------------------------------------------------------------------
 
 def _smn_pair(compiled_cls_kw, c=3):
     gen = torch.Generator().manual_seed(0)

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from gnelib import bn_experiments as bx
-from gnelib.bn_gradients import layer_gradient_profile, log_grad_norm_vs_depth, torch_threads
-from gnelib.profiles import SIZES
+from gnelib.runs import bn as bx
+from gnelib.base.device import torch_threads
+from gnelib.probes.bn_chain import layer_gradient_profile, log_grad_norm_vs_depth
+from gnelib.base.profiles import SIZES
 
 
 def gen(s):
@@ -103,7 +104,7 @@ def test_gaussian_gap_growth_identity_and_bartlett():
 # ----------------------------------------------------------- registered experiments
 
 def _store_roundtrip(tmp_path, name, config):
-    from gnelib.store import Store
+    from gnelib.runs.store import Store
     store = Store(tmp_path)
     rec, cached = store.run(name, config)
     assert cached is False
@@ -113,7 +114,7 @@ def _store_roundtrip(tmp_path, name, config):
 
 
 def test_registered_bn_depth_sweep(tmp_path):
-    from gnelib import experiments
+    from gnelib.runs import registry as experiments
     exp = experiments.get("bn_depth_sweep")
     for p in ("smoke", "book", "full"):
         c = experiments.make_config("bn_depth_sweep", p)
@@ -131,7 +132,7 @@ def test_registered_bn_depth_sweep(tmp_path):
 
 
 def test_registered_bn_rate_law(tmp_path):
-    from gnelib import experiments
+    from gnelib.runs import registry as experiments
     assert experiments.make_config("bn_rate_law", "book").alphas == ",".join(
         f"{a:g}" for a in SIZES["bn"]["book"]["rate_alphas"])
     cfg = bx.BNRateLawConfig(alphas="0.5,1", activation="sin", depth=6, width=6, seeds=2, seed=7)
@@ -149,7 +150,7 @@ def test_registered_bn_rate_law(tmp_path):
 
 
 def test_registered_bn_train_depths(tmp_path):
-    from gnelib import experiments
+    from gnelib.runs import registry as experiments
     S = SIZES["bn"]["book"]
     c = experiments.make_config("bn_train_depths", "book")
     assert (c.train_data, c.width, c.steps, c.lr) == (S["train_data"], S["train_width"],

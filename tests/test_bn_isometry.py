@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from gnelib.bn_gradients import bn_chain_gaps
-from gnelib.isometry import (gram_eigenvalues, haar_orthogonal, isometry, isometry_gap,
+from gnelib.probes.bn_chain import bn_chain_gaps
+from gnelib.probes.isometry import (gram_eigenvalues, haar_orthogonal, isometry, isometry_gap,
                              isometry_gaps)
 
 

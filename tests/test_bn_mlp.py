@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from gnelib.bn_gradients import (bn_chain_gaps, bn_forward, bn_inputs, layer_gradient_profile,
+from gnelib.probes.bn_chain import (bn_chain_gaps, bn_forward, bn_inputs, layer_gradient_profile,
                                  layer_log_grad_norms, log_grad_norm_vs_depth,
                                  log_grad_norms_at_depths, stack_weights, torch_threads)
-from gnelib.bn_mlp import BNMLP, PaperBatchNorm, layer_gains, paper_batch_norm, torch_batch_norm
+from gnelib.nn.batchnorm import BNMLP, PaperBatchNorm, layer_gains, paper_batch_norm, torch_batch_norm
 
 
 

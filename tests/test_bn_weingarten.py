@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from gnelib.isometry import haar_orthogonal
-from gnelib.weingarten import (coset_type, haar_moment, integer_partitions, pair_partitions,
+from gnelib.probes.isometry import haar_orthogonal
+from gnelib.theory.weingarten import (coset_type, haar_moment, integer_partitions, pair_partitions,
                                weingarten_orthogonal)
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import gnelib
-from gnelib import probe_model as pm
+from gnelib.probes import model as pm
 from gnelib.cli import main
 
 BAD = [  # argv, words the one-line message must contain
@@ -22,12 +22,12 @@ BAD = [  # argv, words the one-line message must contain
     (["sweep", "gradient_norms_at_init", "--grid", "init=he,lsuv"], ["init", "'xavier'", "'he'", "'orthogonal'"]),
     (["sweep", "gradient_norms_at_init", "--seeds", "0"], ["--seeds", ">= 1"]),
     (["sweep", "gradient_norms_at_init", "--grid", "seed=1,2"], ["seed", "--seeds"]),
-    (["probe", "gnelib.probe_model:mlp", "--input-shape", "4,x"], ["--input-shape", "positive integers"]),
-    (["probe", "gnelib.probe_model:mlp", "--input-shape", "4,40", "--blocks", "nope"],
+    (["probe", "gnelib.probes.model:mlp", "--input-shape", "4,x"], ["--input-shape", "positive integers"]),
+    (["probe", "gnelib.probes.model:mlp", "--input-shape", "4,40", "--blocks", "nope"],
      ["--blocks", "'blocks.0'", "'head'"]),
-    (["probe", "gnelib.probe_model", "--input-shape", "4,40"], ["model", "package.module:factory"]),
-    (["probe", "gnelib.probe_model:mlp", "--input-shape", "4,41"], ["--input-shape", "(4, 41)"]),
-    (["probe", "gnelib.probe_model:mlp", "--input-shape", "4,40", "--mode", "test"], ["--mode", "'train'", "'eval'"]),
+    (["probe", "gnelib.probes.model", "--input-shape", "4,40"], ["model", "package.module:factory"]),
+    (["probe", "gnelib.probes.model:mlp", "--input-shape", "4,41"], ["--input-shape", "(4, 41)"]),
+    (["probe", "gnelib.probes.model:mlp", "--input-shape", "4,40", "--mode", "test"], ["--mode", "'train'", "'eval'"]),
     (["frobnicate"], ["list", "run", "probe", "sweep"]),
 ]
 
@@ -71,7 +71,7 @@ def test_run_stores_then_reads_back(tmp_path, capsys):
 def test_probe_agrees_with_direct_jacobian_moments(tmp_path, capsys):
     out = tmp_path / "probe.json"
     plot = tmp_path / "probe.png"
-    argv = ["probe", "gnelib.probe_model:mlp", "--input-shape", "4,40", "--arg", "width=16",
+    argv = ["probe", "gnelib.probes.model:mlp", "--input-shape", "4,40", "--arg", "width=16",
             "--arg", "depth=3", "--dtype", "float64", "--probes", "64", "--seed", "5",
             "--json", str(out), "--plot", str(plot)]
     assert main(argv) == 0

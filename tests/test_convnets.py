@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import gnelib
-from gnelib.convnets import SPReLU, SeLU
+from gnelib.nn.convnets import SPReLU, SeLU
 
 
 def test_serial_net_layout_and_shapes():

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import gnelib
-from gnelib import reporting
+from gnelib.book import chapter as reporting
 
 
 def test_unknown_profile_names_the_three():

@@ -9,11 +9,10 @@ from scipy.stats import norm
 from torch import nn
 
 import gnelib
-import gnelib.moments as M
-from gnelib.bdi_inits import delta_orthogonal_, fixup_scale, haar_orthogonal_, init_model_
-from gnelib.layers import (CenteredConv2d, L1MomentNorm, SecondMomentNorm,
-                           SecondMomentNormFunction, SWSConv2d, centered_weight,
-                           second_moment_norm, standardized_weight)
+import gnelib.theory.moments as M
+from gnelib.nn.init_conv import delta_orthogonal_, fixup_scale, haar_orthogonal_, init_model_
+from gnelib.nn.convs import CenteredConv2d, SWSConv2d, centered_weight, standardized_weight
+from gnelib.nn.norms import L1MomentNorm, SecondMomentNorm, SecondMomentNormFunction, second_moment_norm
 
 
 # ------------------------------------------------------------------ SMN

@@ -1,4 +1,4 @@
-"""The moment calculus (gnelib.moments) against Monte Carlo estimates from jacobian_moments.
+"""The moment calculus (gnelib.theory.moments) against Monte Carlo estimates from jacobian_moments.
 
 Where a prediction is an expectation (over weights or pre-activations) we average several
 independent draws and accept |mean - prediction| <= K standard errors of that mean, the
@@ -14,9 +14,10 @@ import torch
 from torch import nn
 
 import gnelib
-import gnelib.moments as M
-from gnelib.bdi_inits import delta_orthogonal_, haar_orthogonal_
-from gnelib.layers import L1MomentNorm, SecondMomentNorm, SWSLinear
+import gnelib.theory.moments as M
+from gnelib.nn.init_conv import delta_orthogonal_, haar_orthogonal_
+from gnelib.nn.norms import L1MomentNorm, SecondMomentNorm
+from gnelib.nn.convs import SWSLinear
 
 K = 4.5  # standard errors; with >= 10 draws a t(9) variate exceeds 4.5 with prob. ~0.15 %
 DRAWS = 10

@@ -1,4 +1,4 @@
-"""Tests of gnelib.pws (PWS and the comparable weight-space layers) and gnelib.pws_models."""
+"""Tests of gnelib.nn.convs (PWS and the comparable weight-space layers) and gnelib.nn.normnets."""
 import math
 
 import numpy as np
@@ -6,10 +6,11 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from gnelib.pws import (CentredConv1d, PWSConv1d, PWSConv2d, WSConv2d, pws_epsilon, pws_kernel,
+from gnelib.nn.convs import (CentredConv1d, PWSConv1d, PWSConv2d, WSConv2d, pws_epsilon, pws_kernel,
                         wn_conv, ws_kernel)
-from gnelib.pws_models import NORMS, NormMLP, PlainConvNet, PWSResNet, teacher_data
-from gnelib.variance import pws_gain
+from gnelib.nn.normnets import NORMS, NormMLP, PlainConvNet, PWSResNet
+from gnelib.data import teacher_data
+from gnelib.theory.variance import pws_gain
 
 
 def _gen(seed=0):

@@ -1,14 +1,14 @@
-"""Tests of gnelib.pws_experiments: the registered experiments of the PWS chapter at tiny sizes,
+"""Tests of gnelib.runs.pws: the registered experiments of the PWS chapter at tiny sizes,
 and their round trip through the results store."""
 import math
 
 import pytest
 import torch
 
-from gnelib import experiments
-from gnelib.profiles import SIZES
-from gnelib.pws_experiments import BatchSizeConfig, CollapseConfig, pws_batch_size, pws_collapse
-from gnelib.store import Store
+from gnelib.runs import registry as experiments
+from gnelib.base.profiles import SIZES
+from gnelib.runs.pws import BatchSizeConfig, CollapseConfig, pws_batch_size, pws_collapse
+from gnelib.runs.store import Store
 
 
 @pytest.fixture(autouse=True)

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 import gnelib
-from gnelib import experiments, store as st
-from gnelib.reporting import atomic_write_json
+from gnelib.runs import registry as experiments
+from gnelib.runs import store as st
+from gnelib.base.io import atomic_write_json
 
 CALLS = []
 
@@ -136,8 +137,9 @@ def test_train_mlp_learns_and_records_divergence():
 
 
 def test_default_version_tracks_the_library_source(tmp_path):
-    from gnelib import __version__, experiments
-    from gnelib.store import Store
+    from gnelib import __version__
+    from gnelib.runs import registry as experiments
+    from gnelib.runs.store import Store
 
     v = experiments.library_version()
     prefix, digest = v.split("+")

@@ -6,7 +6,11 @@ from collections import Counter
 
 import pytest
 
-from gnelib import experiments, store as st, sweep as sw
+from gnelib.runs import registry as experiments
+
+from gnelib.runs import store as st
+
+from gnelib.runs import sweep as sw
 
 NAME = "gradient_norms_at_init"
 TINY = {"width": "16", "depth": "3", "batch": "4", "probes": "4"}

@@ -1,16 +1,13 @@
-"""Tests of gnelib.variance: variance-transmission predictions against Monte Carlo (tolerance
+"""Tests of gnelib.theory.variance: variance-transmission predictions against Monte Carlo (tolerance
 4 standard errors) and the exact average-gradient identities."""
 import math
 
 import numpy as np
 import torch
 
-from gnelib.pws_models import PlainConvNet
-from gnelib.variance import (MEAN_PATH_SHARE, average_weight_gradient, bn_ws_correlation,
-                             filter_stats, forward_records, gradient_records, holding_alpha,
-                             mean_path_share, pws_chain_records, pws_relu_gain,
-                             random_weight_second_moment, relu_moments, shift_gain,
-                             shifted_chain_records, transmitted_second_moment, weight_records)
+from gnelib.nn.normnets import PlainConvNet
+from gnelib.theory.variance import MEAN_PATH_SHARE, bn_ws_correlation, holding_alpha, mean_path_share, pws_relu_gain, random_weight_second_moment, relu_moments, shift_gain, transmitted_second_moment
+from gnelib.probes.variance import average_weight_gradient, filter_stats, forward_records, gradient_records, pws_chain_records, shifted_chain_records, weight_records
 
 
 def test_relu_moments_monte_carlo():

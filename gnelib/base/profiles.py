@@ -1,0 +1,151 @@
+"""The one place that maps a profile name to the sizes each chapter runs at.
+
+Profiles:
+
+``smoke``
+    The whole chapter in well under 90 s on 2 CPU cores; run by ``make test`` in CI.
+``book``
+    The rendered book on a laptop CPU, at most about 6 minutes per chapter.
+``full``
+    The papers' scale (paper depths and widths, real CIFAR-10 where a chapter uses it);
+    meant for a GPU.
+
+Each chapter owns one entry of :data:`SIZES`; a chapter reads its sizes with
+:func:`sizes` (usually through :func:`~gnelib.book.chapter.setup_chapter`).
+"""
+from __future__ import annotations
+
+import os
+from types import SimpleNamespace
+
+from gnelib.base.errors import check_choice
+
+PROFILES = ("smoke", "book", "full")
+DEFAULT_PROFILE_ENV = "GNE_PROFILE"
+
+SIZES: dict[str, dict[str, dict]] = {
+    # Chapter 1: gradient norm equality, a first look.
+    "first_look": {
+        "smoke": dict(width=128, depth=16, batch=32, probes=16),
+        "book": dict(width=512, depth=48, batch=64, probes=32),
+        "full": dict(width=1024, depth=200, batch=128, probes=64),
+    },
+    # Chapter 2: block dynamical isometry (Chen et al.).
+    "bdi": {
+        "smoke": dict(mlp_width=128, depths=[1, 2, 4, 8], seeds=6, probes=8, batch=4,
+                      add_width=128, add_draws=6, res_width=64, res_seeds=4,
+                      stack_widths=[128, 256], stack_batch=256, stack_depth=6, stack_seeds=2,
+                      sws_channels=8, selu_width=96, selu_depth=12, selu_seeds=4,
+                      net_width=8, net_image=8, net_batch=8, net_draws=6, full_grid=False,
+                      train_width=4, train_steps=12, train_batch=32, train_data="mnist1d",
+                      train_n=400, train_evals=1, timing_scale=16, timing_repeats=2),
+        "book": dict(mlp_width=256, depths=[1, 2, 4, 8, 16], seeds=10, probes=16, batch=4,
+                     add_width=512, add_draws=10, res_width=128, res_seeds=5,
+                     stack_widths=[256, 512], stack_batch=512, stack_depth=10,
+                     stack_seeds=3, sws_channels=16, selu_width=256, selu_depth=32,
+                     selu_seeds=6, net_width=8, net_image=16, net_batch=32, net_draws=6,
+                     full_grid=True, train_width=8, train_steps=100, train_batch=64,
+                     train_data="mnist1d", train_n=None, train_evals=5, timing_scale=4, timing_repeats=5),
+        "full": dict(mlp_width=512, depths=[1, 2, 4, 8, 16, 32], seeds=16, probes=32, batch=8,
+                     add_width=1024, add_draws=16, res_width=256, res_seeds=8,
+                     stack_widths=[256, 512, 1024, 2048], stack_batch=1024, stack_depth=10,
+                     stack_seeds=4, sws_channels=32, selu_width=512, selu_depth=32,
+                     selu_seeds=10, net_width=16, net_image=32, net_batch=128, net_draws=40,
+                     full_grid=True, train_width=16, train_steps=50000, train_batch=128,
+                     train_data="cifar10", train_n=None, train_evals=50, timing_scale=1, timing_repeats=20),
+    },
+    # Chapter 3: variance transmission and PWS (Liu et al.).
+    "pws": {
+        "smoke": dict(chain_width=128, chain_depth=10, chain_samples=512, chain_seeds=4,
+                      grad_fan_in=576, grad_filters=64, grad_samples=256,
+                      collapse_width=128, collapse_depth=20, collapse_steps=40,
+                      collapse_depths=(8, 20), limit_lrs=(0.4, 0.8), ablation_seeds=2,
+                      bs_steps=60, bs_batches=(2, 64), bs_dataset="mnist1d", bs_widths=(16, 32),
+                      bs_blocks=(1, 1), bs_lr=0.02, speed_batch=16, speed_size=16,
+                      speed_width=32, speed_depth=4),
+        "book": dict(chain_width=256, chain_depth=20, chain_samples=2048, chain_seeds=8,
+                     grad_fan_in=576, grad_filters=64, grad_samples=256,
+                     collapse_width=128, collapse_depth=20, collapse_steps=200,
+                     collapse_depths=(4, 8, 12, 16, 20), limit_lrs=(0.3, 0.4, 0.8),
+                     ablation_seeds=5, bs_steps=400, bs_batches=(2, 64), bs_dataset="mnist1d",
+                     bs_widths=(16, 32, 64), bs_blocks=(1, 1, 1), bs_lr=0.02, speed_batch=64,
+                     speed_size=32, speed_width=32, speed_depth=6),
+        "full": dict(chain_width=512, chain_depth=30, chain_samples=4096, chain_seeds=16,
+                     grad_fan_in=576, grad_filters=64, grad_samples=1024,
+                     collapse_width=128, collapse_depth=20, collapse_steps=300,
+                     collapse_depths=(4, 8, 12, 16, 20), limit_lrs=(0.3, 0.4, 0.8),
+                     ablation_seeds=10, bs_steps=6000, bs_batches=(2, 8, 128),
+                     bs_dataset="cifar10", bs_widths=(16, 32, 64), bs_blocks=(3, 3, 3),
+                     bs_lr=0.05, speed_batch=64, speed_size=32, speed_width=64, speed_depth=8),
+    },
+    # Chapter 4: batch normalization without gradient explosion (Meterez et al.).
+    "bn": {
+        "smoke": dict(
+            mono_width=24, mono_paths=8, mono_steps=100, mc_width=8, mc_draws=10000,
+            thm3_widths=[8, 32], thm3_draws=1000, local_widths=[16, 32], local_seeds=24,
+            local_depth=100, local_window=[20, 100], onestep_widths=[16], onestep_draws=4000,
+            width=32, depths=[5, 10, 20, 50, 100], slope_from=20, seeds=16, chain_depth=100,
+            yang_widths=[64, 512], yang_batch=16, yang_depth=60, yang_window=[10, 50],
+            yang_seeds=[32, 8],
+            cond_width=16, cond_batches=[8, 12, 16, 32, 64], cond_distinct=[2, 4, 8, 15, 16],
+            mr_width=8, mr_seeds=64, rate_depth=100, rate_window=[10, 90],
+            rate_alphas=[0.35, 0.5, 0.7, 1.0], rate_seeds=24, gain_exponent=0.4,
+            train_width=32, train_depths=[10, 30], train_steps=60, train_lr=0.01,
+            train_data="gaussian_mixture"),
+        "book": dict(
+            mono_width=24, mono_paths=20, mono_steps=200, mc_width=8, mc_draws=40000,
+            thm3_widths=[8, 32], thm3_draws=4000, local_widths=[16, 32, 64], local_seeds=60,
+            local_depth=150, local_window=[20, 150], onestep_widths=[16, 32],
+            onestep_draws=10000,
+            width=100, depths=[5, 10, 20, 50, 100, 200, 300, 500], slope_from=200, seeds=8,
+            chain_depth=400, yang_widths=[128, 512], yang_batch=16, yang_depth=200,
+            yang_window=[20, 180], yang_seeds=[16, 4],
+            cond_width=32, cond_batches=[16, 24, 32, 64, 128],
+            cond_distinct=[4, 8, 16, 31, 32], mr_width=16, mr_seeds=32, rate_depth=200,
+            rate_window=[20, 180], rate_alphas=[0.25, 0.35, 0.5, 0.7, 1.0], rate_seeds=12,
+            gain_exponent=0.4, train_width=32, train_depths=[10, 30, 100, 300],
+            train_steps=640, train_lr=0.01, train_data="gaussian_mixture"),
+        "full": dict(
+            mono_width=24, mono_paths=50, mono_steps=400, mc_width=8, mc_draws=200000,
+            thm3_widths=[8, 32, 64], thm3_draws=20000, local_widths=[16, 32, 64, 100],
+            local_seeds=40, local_depth=150, local_window=[20, 150],
+            onestep_widths=[16, 32, 64], onestep_draws=100000,
+            width=100, depths=[5, 10, 20, 50, 100, 200, 500, 1000], slope_from=500,
+            seeds=10, chain_depth=1000, yang_widths=[256, 1024], yang_batch=16, yang_depth=400,
+            yang_window=[40, 360], yang_seeds=[20, 5],
+            cond_width=100, cond_batches=[50, 75, 100, 200, 400],
+            cond_distinct=[10, 25, 50, 99, 100], mr_width=32, mr_seeds=32,
+            rate_depth=1000,
+            rate_window=[100, 900], rate_alphas=[0.15, 0.25, 0.35, 0.5, 0.7, 0.9, 1.0],
+            rate_seeds=10, gain_exponent=0.4, train_width=100,
+            train_depths=[100, 500, 1000], train_steps=10000, train_lr=0.001,
+            train_data="cifar10"),
+    },
+    # Appendix: using gnelib on your own model.
+    "own_model": {
+        "smoke": dict(hw=8, batch=2, width=16, depth=6, probes=16, seeds=2,
+                      mlp_width=512, mlp_depth=6, mlp_batch=8),
+        "book": dict(hw=16, batch=4, width=16, depth=8, probes=32, seeds=4,
+                     mlp_width=512, mlp_depth=16, mlp_batch=16),
+        "full": dict(hw=32, batch=8, width=64, depth=16, probes=64, seeds=8,
+                     mlp_width=1024, mlp_depth=32, mlp_batch=32),
+    },
+}
+
+
+def default_profile() -> str:
+    """The profile named by ``$GNE_PROFILE`` (``book`` when unset), validated."""
+    return check_profile(os.environ.get(DEFAULT_PROFILE_ENV, "book"))
+
+
+def check_profile(profile: str) -> str:
+    """Return ``profile`` if it is one of :data:`PROFILES`, else raise naming the three."""
+    check_choice("profile", profile, PROFILES)
+    return profile
+
+
+def sizes(chapter: str, profile: str) -> SimpleNamespace:
+    """The sizes ``chapter`` runs at under ``profile``, as attributes."""
+    check_profile(profile)
+    check_choice("chapter", chapter, SIZES)
+    return SimpleNamespace(**SIZES[chapter][profile])

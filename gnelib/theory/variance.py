@@ -1,0 +1,97 @@
+"""Variance transmission (the model behind Liu et al. 2021, derived in the PWS chapter):
+predictions in float64 numpy, and measurement tools that return tidy records (lists of
+dicts, one per layer and step) of filter sums, average weight gradients and forward moments.
+
+Notation: a layer computes :math:`y_k = \\mathbf w_k^\\top\\mathbf x` on patches of fan-in n;
+per filter :math:`m_k` is the mean, :math:`v_k` the biased variance and
+:math:`S_k = n m_k = \\mathbf 1^\\top\\mathbf w_k` the filter sum.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = ["relu_moments", "mean_path_share", "random_weight_second_moment",
+           "transmitted_second_moment", "shift_gain", "MEAN_PATH_SHARE", "pws_relu_gain",
+           "pws_gain", "holding_alpha", "bn_ws_correlation"]
+
+#: Share of a ReLU output's second moment carried by its mean, mu^2/E[x^2] = 1/pi (eq. relu-moments).
+MEAN_PATH_SHARE = 1.0 / math.pi
+
+
+def relu_moments(q):
+    """Moments of :math:`x = \\max(y, 0)` for :math:`y\\sim\\mathcal N(0, q)` (eq. ``pws-relu-moments``):
+    returns ``(second_moment, mean_squared, variance)`` = :math:`(q/2,\\ q/2\\pi,\\ (q/2)(1-1/\\pi))`."""
+    q = np.asarray(q, dtype=np.float64)
+    return q / 2, q / (2 * np.pi), q / 2 * (1 - 1 / np.pi)
+
+
+def mean_path_share(n=None):
+    r"""Lemma ``pws-relu-moments``: the share of a ReLU layer's second moment carried by the
+    patch mean, :math:`E[\bar x^2]/E[x^2] = 1/\pi + (1-1/\pi)/n` for n units whose
+    pre-activations are i.i.d. zero-mean Gaussians (1/pi as n grows)."""
+    if n is None:
+        return 1 / np.pi
+    return 1 / np.pi + (1 - 1 / np.pi) / n
+
+
+def random_weight_second_moment(n, s_w, c, m2, xbar2):
+    r"""Theorem ``pws-transmission`` (b): for weights :math:`w_{kj}=z_{kj}+\delta_k` drawn
+    independently of the inputs, z i.i.d. with mean 0 and variance s_w, and filter shifts
+    with variance c^2/n^2, :math:`E[y^2] = n s_w E[x^2] + c^2 E[\bar x^2]` where
+    :math:`E[x^2]` (``m2``) is the mean squared input entry and :math:`\bar x` the patch mean."""
+    return n * s_w * m2 + np.asarray(c, dtype=np.float64) ** 2 * xbar2
+
+
+def transmitted_second_moment(n, v_bar, s2_bar, sigma2, mu2):
+    """Theorem ``pws-transmission``: for inputs with common mean mu and variance sigma^2,
+    uncorrelated and independent of the weights, the channel-averaged output second moment is
+    :math:`n\\bar v\\sigma^2 + \\overline{S^2}(\\sigma^2/n + \\mu^2)` (exact)."""
+    return n * v_bar * sigma2 + s2_bar * (sigma2 / n + mu2)
+
+
+def shift_gain(c, n=None):
+    """Corollary ``pws-shift-law``: per-layer gain of the second moment of a He ReLU chain
+    whose filter sums have mean square 2 + c^2: :math:`1 + c^2/(2\\pi)`; with ``n`` given the
+    exact version including the O(1/n) term, :math:`(1-\\tfrac1\\pi)(1-\\tfrac1n) +
+    (2+c^2)\\big(\\tfrac{1-1/\\pi}{2n} + \\tfrac1{2\\pi}\\big)` (centred variance 2(n-1)/n^2)."""
+    c = np.asarray(c, dtype=np.float64)
+    if n is None:
+        return 1 + c**2 / (2 * np.pi)
+    _, mu2, sigma2 = relu_moments(1.0)
+    return transmitted_second_moment(n, 2 * (n - 1) / n**2, 2 + c**2, sigma2, mu2)
+
+
+def pws_relu_gain(alpha=1.0, eps=0.0, v=None, n=None, n_f=None):
+    """Proposition ``pws-depth-decay``: per-layer gain of the second moment through a PWS
+    layer (bias 0) followed by a ReLU, inputs from a zero-mean symmetric pre-activation:
+    :math:`\\alpha^2 (n/n_f)\\,(1-1/\\pi)\\, v/(v+\\epsilon)` (the shift path is gone)."""
+    gain = np.asarray(alpha, dtype=np.float64) ** 2 * (1 - 1 / np.pi)
+    if n is not None and n_f is not None:
+        gain = gain * n / n_f
+    if eps and v is not None:
+        gain = gain * v / (v + eps)
+    return gain
+
+
+def holding_alpha():
+    """The alpha that makes :func:`pws_relu_gain` equal 1 at eps = 0: :math:`(1-1/\\pi)^{-1/2}`."""
+    return (1 - 1 / np.pi) ** -0.5
+
+
+def pws_gain(v, eps):
+    """Proposition ``pws-eps-gain``: the norm of a PWS filter is
+    :math:`\\sqrt2\\,\\alpha_k\\sqrt{n/n_f}\\,\\sqrt{v/(v+\\epsilon)}`; this returns the factor
+    :math:`\\sqrt{v/(v+\\epsilon)}`."""
+    v = np.asarray(v, dtype=np.float64)
+    return np.sqrt(v / (v + eps))
+
+
+def bn_ws_correlation(v, m):
+    """Proposition ``pws-bn-ws``: for i.i.d. inputs the correlation between the BN output of a
+    filter and its WS output is :math:`\\sqrt{v/(v+m^2)}`."""
+    v = np.asarray(v, dtype=np.float64)
+    return np.sqrt(v / (v + np.asarray(m, dtype=np.float64) ** 2))
+
+
