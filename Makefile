@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 export TQDM_DISABLE ?= 1
 export PYTHONHASHSEED := 0
 
-.PHONY: all venv book test unit smoke nbval render-smoke bench bench-smoke clean help
+.PHONY: all venv book test unit smoke same-record nbval render-smoke check-html bench bench-smoke clean help
 
 help:
 	@echo "make book   - execute every chapter at the 'book' profile and render HTML (build/book/_build/html)"
@@ -29,7 +29,11 @@ book: $(STAMP)
 	$(BIN)/python tools/book.py render --profile book
 
 unit: $(STAMP)
-	$(BIN)/python -m pytest tests -q -n 2 --durations=10
+	$(BIN)/python -m pytest tests -q -n 2 --durations=10 --ignore=tests/after_smoke
+
+# After `smoke`: every chapter's registered run has the key its `gne run` command computes.
+same-record: $(STAMP)
+	$(BIN)/python -m pytest tests/after_smoke -q
 
 # Chapters run side by side: one torch thread per kernel avoids oversubscribing the cores,
 # and papermill and nbval must use the same thread count for identical outputs.
@@ -51,12 +55,18 @@ bench-smoke: $(STAMP)
 render-smoke: $(STAMP)
 	$(BIN)/python tools/book.py render --profile smoke
 
+# No raw TeX and no broken internal links in the rendered HTML of every page.
+check-html: $(STAMP)
+	$(BIN)/python tools/check_html.py build/smoke/_build/html
+
 test: $(STAMP)
 	$(MAKE) unit
 	$(MAKE) bench-smoke
 	$(MAKE) smoke
+	$(MAKE) same-record
 	$(MAKE) nbval
 	$(MAKE) render-smoke
+	$(MAKE) check-html
 
 clean:
 	rm -rf build

@@ -38,6 +38,7 @@ from gnelib.probes.bn_chain import (bn_chain_gaps, bn_forward, bn_inputs, layer_
                            log_grad_norms_at_depths, stack_weights)
 from gnelib.nn.convnets import ResNet, SerialNet, activation_gain, make_conv_activation, resnet56
 from gnelib.nn.fast import CompiledSecondMomentNorm, compiled_second_moment_norm
+from gnelib import runs
 from gnelib.runs import registry as experiments
 from gnelib.probes import model as probe_model
 from gnelib.runs import store

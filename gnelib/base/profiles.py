@@ -24,12 +24,6 @@ PROFILES = ("smoke", "book", "full")
 DEFAULT_PROFILE_ENV = "GNE_PROFILE"
 
 SIZES: dict[str, dict[str, dict]] = {
-    # Chapter 1: gradient norm equality, a first look.
-    "first_look": {
-        "smoke": dict(width=128, depth=16, batch=32, probes=16),
-        "book": dict(width=512, depth=48, batch=64, probes=32),
-        "full": dict(width=1024, depth=200, batch=128, probes=64),
-    },
     # Chapter 2: block dynamical isometry (Chen et al.).
     "bdi": {
         "smoke": dict(mlp_width=128, depths=[1, 2, 4, 8], seeds=6, probes=8, batch=4,
@@ -145,7 +139,7 @@ def check_profile(profile: str) -> str:
 
 
 def sizes(chapter: str, profile: str) -> SimpleNamespace:
-    """The sizes ``chapter`` runs at under ``profile``, as attributes."""
+    """The inline sizes ``chapter`` computes at under ``profile``, as attributes (empty for a
+    chapter whose every size belongs to a registered experiment)."""
     check_profile(profile)
-    check_choice("chapter", chapter, SIZES)
-    return SimpleNamespace(**SIZES[chapter][profile])
+    return SimpleNamespace(**SIZES.get(chapter, {}).get(profile, {}))

@@ -32,6 +32,7 @@ import hashlib
 import importlib
 import inspect
 import json
+import math
 import re
 import typing
 from dataclasses import dataclass
@@ -41,11 +42,85 @@ import torch
 from gnelib.base.errors import check_choice, check_positive, check_positive_int
 from gnelib.base.profiles import SIZES, check_profile
 
-__all__ = ["Experiment", "register", "get", "names", "make_config", "parse_value",
-           "config_key", "config_dict", "library_version", "GradientNormsConfig", "TrainMLPConfig",
-           "profiles_from_sizes", "parse_numbers", "gradient_norms_at_init", "train_mlp"]
+__all__ = ["Experiment", "Config", "param", "validate", "type_name", "command_line", "register", "get", "names", "make_config", "parse_value",
+           "config_key", "config_dict", "library_version",
+           "profiles_from_sizes", "parse_numbers"]
 
-_TYPES = (int, float, str, bool)
+_SCALARS = (int, float, str, bool)
+_TUPLES = {tuple[int, ...]: int, tuple[float, ...]: float, tuple[str, ...]: str}
+_TYPES = _SCALARS + tuple(_TUPLES)
+
+
+def type_name(kind) -> str:
+    """``int``, ``float``, ``str``, ``bool``, or ``ints``/``floats``/``strs`` for tuple fields."""
+    return _TUPLES[kind].__name__ + "s" if kind in _TUPLES else kind.__name__
+
+
+def param(default, *, choices=None, minimum=None, positive: bool = False, doc: str | None = None):
+    """A configuration field with its validation declared once: ``choices`` (allowed values,
+    for a tuple field allowed elements), ``minimum`` (inclusive), ``positive`` (> 0). Tuple
+    fields (``tuple[int, ...]``) are non-empty and every element is checked. Non-finite floats
+    are always refused. Use in a :class:`Config` dataclass::
+
+        @dataclass(frozen=True)
+        class MyConfig(Config):
+            depths: tuple[int, ...] = param((5, 10), positive=True)
+            init: str = param("he", choices=("he", "xavier"))
+            seed: int = param(0, minimum=0)
+    """
+    meta = {"choices": tuple(choices) if choices is not None else None, "minimum": minimum,
+            "positive": positive, "doc": doc}
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _check_scalar(name: str, kind: type, value, meta) -> None:
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{name} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ValueError(f"{name} must be finite, got {value!r}")
+    elif kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    elif kind in (str, bool) and not isinstance(value, kind):
+        raise ValueError(f"{name} must be {kind.__name__}, got {value!r}")
+    if meta.get("choices") is not None:
+        check_choice(name, value, meta["choices"])
+    if meta.get("positive") and not value > 0:
+        raise ValueError(f"{name} must be > 0, got {value!r}")
+    if meta.get("minimum") is not None and value < meta["minimum"]:
+        raise ValueError(f"{name} must be >= {meta['minimum']}, got {value!r}")
+
+
+def validate(config) -> None:
+    """Check every field of ``config`` against its type and its :func:`param` metadata; a
+    ``ValueError`` names the first bad field. Tuple fields given as lists become tuples."""
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        kind, value = hints[f.name], getattr(config, f.name)
+        if kind in _TUPLES:
+            if isinstance(value, list):
+                value = tuple(value)
+                object.__setattr__(config, f.name, value)
+            if not isinstance(value, tuple) or not value:
+                raise ValueError(f"{f.name} must be a non-empty list of {type_name(kind)}, got {value!r}")
+            elem = _TUPLES[kind]
+            if elem is float:
+                value = tuple(float(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value)
+                object.__setattr__(config, f.name, value)
+            for v in value:
+                _check_scalar(f.name, elem, v, f.metadata)
+        else:
+            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                object.__setattr__(config, f.name, float(value))
+                value = float(value)
+            _check_scalar(f.name, kind, value, f.metadata)
+
+
+class Config:
+    """Base class of experiment configurations: ``__post_init__`` runs :func:`validate`."""
+
+    def __post_init__(self):
+        validate(self)
 
 
 def profiles_from_sizes(chapter: str, fields: dict) -> dict:
@@ -116,7 +191,7 @@ class Experiment:
     def parameters(self) -> list[tuple[str, str, object]]:
         """``(name, type name, default)`` of every configuration field."""
         hints = typing.get_type_hints(self.config)
-        return [(f.name, hints[f.name].__name__, f.default) for f in dataclasses.fields(self.config)]
+        return [(f.name, type_name(hints[f.name]), f.default) for f in dataclasses.fields(self.config)]
 
     def __call__(self, config, device="cpu", progress: bool = False) -> dict:
         if not isinstance(config, self.config):
@@ -145,7 +220,8 @@ def register(name: str, config: type, profiles: dict | None = None, summary=None
         raise TypeError(f"config {config.__name__} must have an int field 'seed'")
     for f in fields.values():
         if hints[f.name] not in _TYPES:
-            raise TypeError(f"field {config.__name__}.{f.name} must be int, float, str or bool")
+            raise TypeError(f"field {config.__name__}.{f.name} must be int, float, str, bool "
+                            "or tuple[int|float|str, ...]")
         if f.default is dataclasses.MISSING:
             raise TypeError(f"field {config.__name__}.{f.name} needs a default")
     profiles = dict(profiles or {})
@@ -181,6 +257,13 @@ def get(name: str, module: str | None = None) -> Experiment:
 def parse_value(field: str, kind: type, text):
     """Parse the command-line string ``text`` as the type of configuration field ``field``;
     non-strings are checked and passed through."""
+    if kind in _TUPLES:
+        elem = _TUPLES[kind]
+        items = text.split(",") if isinstance(text, str) else text
+        if isinstance(items, (int, float, str)):
+            items = [items]
+        return tuple(parse_value(field, elem, v.strip() if isinstance(v, str) else v)
+                     for v in items if not (isinstance(v, str) and not v.strip()))
     if not isinstance(text, str):
         if kind is float and isinstance(text, int) and not isinstance(text, bool):
             return float(text)
@@ -215,8 +298,25 @@ def make_config(name: str, profile: str = "book", overrides: dict | None = None)
 
 
 def config_dict(config) -> dict:
-    """The configuration as a plain dict (field order)."""
-    return dataclasses.asdict(config)
+    """The configuration as a plain JSON-able dict (field order; tuple fields as lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
+
+
+def _cli_value(v) -> str:
+    if isinstance(v, (tuple, list)):
+        return ",".join(_cli_value(x) for x in v)
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return repr(v) if isinstance(v, float) else str(v)
+
+
+def command_line(name: str, profile: str, overrides: dict | None = None) -> str:
+    """The ``gne run`` command that builds the same configuration (hence the same store key)
+    as ``make_config(name, profile, overrides)``."""
+    parts = ["gne", "run", name, "--profile", profile]
+    for k, v in (overrides or {}).items():
+        parts += ["--set", f"{k}={_cli_value(v)}"]
+    return " ".join(parts)
 
 
 def config_key(name: str, config, version: str | None = None) -> str:
@@ -227,170 +327,3 @@ def config_key(name: str, config, version: str | None = None) -> str:
     text = json.dumps({"experiment": name, "config": config_dict(config), "version": version},
                       sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:20]
-
-
-# --------------------------------------------------------------------------------------
-# Built-in experiments
-# --------------------------------------------------------------------------------------
-
-MLP_INITS = ("xavier", "he", "orthogonal")
-
-
-@dataclass(frozen=True)
-class GradientNormsConfig:
-    """A deep ReLU MLP at initialisation, probed on one random batch."""
-
-    init: str = "he"
-    gain: float = 1.0
-    width: int = 256
-    depth: int = 32
-    in_dim: int = 40
-    classes: int = 10
-    batch: int = 32
-    probes: int = 32
-    seed: int = 0
-
-    def __post_init__(self):
-        check_choice("init", self.init, MLP_INITS)
-        check_positive("gain", self.gain)
-        for f in ("width", "depth", "in_dim", "batch"):
-            check_positive_int(f, getattr(self, f))
-        check_positive_int("classes", self.classes, minimum=2)
-        check_positive_int("probes", self.probes, minimum=2)
-        check_positive_int("seed", self.seed, minimum=0)
-
-
-def _summary_gradient_norms(result: dict) -> dict:
-    g = result["grad_sq_norms"]
-    return {"phi_mean": sum(result["phi"]) / len(result["phi"]),
-            "grad_first/last": g[0] / g[-2] if g[-2] > 0 else float("inf"),
-            "end_to_end_phi": result["end_to_end_phi"]}
-
-
-@register("gradient_norms_at_init", GradientNormsConfig,
-          profiles={"smoke": dict(width=64, depth=8, batch=16, probes=16),
-                    "book": dict(width=256, depth=32, batch=32, probes=32),
-                    "full": dict(width=1024, depth=200, batch=128, probes=64)},
-          summary=_summary_gradient_norms)
-def gradient_norms_at_init(config: GradientNormsConfig, device="cpu") -> dict:
-    """Per-layer squared weight-gradient norms and per-block φ(JJᵀ) of a deep ReLU MLP at
-    initialisation (Chen et al. 2020, Definition 3.1 and the multiplication theorem).
-
-    The MLP (``~gnelib.nn.mlp.MLP``, float64) sees a batch of standard Gaussian inputs with uniform
-    random labels; the gradient of the mean cross-entropy gives ``grad_sq_norms``
-    (:func:`~gnelib.probes.jacobian.gradient_norms`, every weight tensor including the read-out) and
-    ``activation_grad_sq_norms`` (:func:`~gnelib.probes.jacobian.activation_gradient_norms`, at the input
-    and every block output), and each
-    block ``Linear→ReLU`` is probed at its own input with :func:`~gnelib.probes.jacobian.jacobian_moments`
-    (φ, φ((JJᵀ)²) and their standard errors). ``end_to_end_phi`` is φ(JJᵀ) of the whole
-    stack of blocks, to compare with the product of the per-block values.
-    """
-    from gnelib.nn.mlp import MLP
-    from gnelib.probes.jacobian import activation_gradient_norms, gradient_norms, jacobian_moments
-
-    dev = torch.device(device)
-    gen = torch.Generator().manual_seed(config.seed)
-    model = MLP(config.in_dim, config.width, config.depth, config.classes, activation="relu",
-                init=config.init, gain=config.gain, generator=gen).double().to(dev)
-    x = torch.randn(config.batch, config.in_dim, generator=gen, dtype=torch.float64).to(dev)
-    y = torch.randint(config.classes, (config.batch,), generator=gen).to(dev)
-    loss = torch.nn.functional.cross_entropy(model(x), y)
-    norms = gradient_norms(model, loss)
-    act = activation_gradient_norms(model.blocks, model.head, x, y)
-    inputs, h = [], x
-    with torch.no_grad():
-        for block in model.blocks:
-            inputs.append(h)
-            h = block(h)
-    moments = [jacobian_moments(b, hin, probes=config.probes, generator=gen)
-               for b, hin in zip(model.blocks, inputs)]
-
-    def trunk(t):
-        for b in model.blocks:
-            t = b(t)
-        return t
-
-    e2e = jacobian_moments(trunk, x, probes=config.probes, generator=gen)
-    return {
-        "layers": list(norms), "grad_sq_norms": list(norms.values()),
-        "activation_grad_sq_norms": act,
-        "phi": [m.phi1 for m in moments], "phi_se": [m.phi1_se for m in moments],
-        "phi2": [m.phi2 for m in moments], "phi2_se": [m.phi2_se for m in moments],
-        "relative_variance": [m.relative_variance for m in moments],
-        "end_to_end_phi": e2e.phi1, "end_to_end_phi_se": e2e.phi1_se,
-        "loss": loss.item(),
-    }
-
-
-TRAIN_DATASETS = ("mnist1d", "gaussian_mixture")
-
-
-@dataclass(frozen=True)
-class TrainMLPConfig:
-    """SGD training of an MLP on MNIST-1D or a Gaussian mixture."""
-
-    dataset: str = "mnist1d"
-    init: str = "he"
-    gain: float = 1.0
-    activation: str = "relu"
-    width: int = 128
-    depth: int = 8
-    steps: int = 500
-    batch_size: int = 64
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    n_train: int = 4000
-    eval_every: int = 100
-    seed: int = 0
-
-    def __post_init__(self):
-        from gnelib.nn.mlp import ACTIVATIONS
-        check_choice("dataset", self.dataset, TRAIN_DATASETS)
-        check_choice("init", self.init, MLP_INITS)
-        check_choice("activation", self.activation, ACTIVATIONS)
-        check_positive("gain", self.gain)
-        check_positive("lr", self.lr)
-        for f in ("width", "depth", "steps", "batch_size", "n_train", "eval_every"):
-            check_positive_int(f, getattr(self, f))
-        check_positive_int("seed", self.seed, minimum=0)
-        if not 0 <= self.momentum < 1:
-            raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
-
-
-def _summary_train(result: dict) -> dict:
-    return {"final_accuracy": result["final_accuracy"], "final_loss": result["final_loss"],
-            "diverged_step": result["diverged_step"]}
-
-
-@register("train_mlp", TrainMLPConfig,
-          profiles={"smoke": dict(width=32, depth=4, steps=60, n_train=1000, eval_every=20),
-                    "book": dict(width=128, depth=8, steps=500, n_train=4000, eval_every=100),
-                    "full": dict(width=512, depth=32, steps=5000, n_train=4000, eval_every=500)},
-          summary=_summary_train)
-def train_mlp(config: TrainMLPConfig, device="cpu", progress: bool = False) -> dict:
-    """Train a ``~gnelib.nn.mlp.MLP`` with :func:`~gnelib.training.train` (SGD with momentum) and return the
-    loss and test-accuracy history; divergence (a NaN/inf loss) is recorded, not raised."""
-    from gnelib.data import gaussian_mixture, mnist1d
-    from gnelib.nn.mlp import MLP
-    from gnelib.training import train
-
-    gen = torch.Generator().manual_seed(config.seed)
-    if config.dataset == "mnist1d":
-        data = mnist1d().subset(config.n_train)
-    else:
-        data = gaussian_mixture(n_train=config.n_train, generator=torch.Generator().manual_seed(1234))
-    model = MLP(data.input_shape[0], config.width, config.depth, data.num_classes,
-                activation=config.activation, init=config.init, gain=config.gain, generator=gen)
-    hist = train(model, data, steps=config.steps, batch_size=config.batch_size, lr=config.lr,
-                 momentum=config.momentum, weight_decay=config.weight_decay, device=device,
-                 generator=gen, eval_every=config.eval_every, progress=progress, desc="train_mlp")
-    return {
-        "step": hist.step, "loss": hist.loss, "eval_step": hist.eval_step,
-        "test_accuracy": hist.test_accuracy, "test_loss": hist.test_loss,
-        "diverged_step": hist.diverged_step, "last_finite_loss": hist.last_finite_loss,
-        "final_accuracy": hist.final_accuracy if hist.test_accuracy else None,
-        "final_loss": hist.loss[-1] if hist.loss else None,
-    }
