@@ -11,6 +11,7 @@ from gnelib.base.plotting import COLORS, subplots, use_style
 from gnelib.probes.jacobian import JacobianMoments, gradient_norms, jacobian_moments
 from gnelib.base.profiles import PROFILES, SIZES, check_profile, default_profile, sizes
 from gnelib.book.chapter import Chapter, current_chapter, record, setup_chapter
+from gnelib.book.checks import check, checks_table
 from gnelib.base.io import atomic_write_json, data_dir, results_path
 from gnelib.base.device import DEVICES, get_device, seed_everything
 from gnelib.training import History, evaluate, train

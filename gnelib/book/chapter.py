@@ -124,6 +124,8 @@ def setup_chapter(name: str, profile: str, seed: int = 0, device: str = "auto",
     check_profile(profile)
     dev = get_device(device)
     set_threads()  # the one thread policy (gnelib.base.device)
+    from gnelib.book.checks import reset_checks
+    reset_checks()  # the chapter's closing table lists this chapter's checks only
     gen = seed_everything(seed)
     if style:
         from gnelib.base.plotting import use_style
