@@ -263,7 +263,7 @@ def run(settings: Settings = FULL, device="cpu", out=None, progress=True) -> dic
         shapes = scaled_shapes(2 ** 26 if device.type == "cuda" else 2 ** 22)
         beyond = beyond_cache_shapes(llc)
         if settings.profile == "book":
-            shapes, beyond = shapes[1::3], beyond[:1]
+            shapes, beyond = shapes[2::4], beyond[:1]
         backend = "inductor"
         bw = stream_bandwidth(max(4 * llc // 4, 2 ** 22), device)
     ok, why = compile_enabled()
