@@ -41,6 +41,7 @@ import torch
 import torch._decomp.decompositions_for_jvp  # noqa: F401
 from torch import nn
 
+from gnelib.theory.moments import Moments
 from gnelib.base.errors import check_choice, check_positive, check_positive_int
 
 # torch.func.jvp imports the module above on first use, and that import compiles TorchScript
@@ -52,37 +53,10 @@ __all__ = ["JacobianMoments", "jacobian_moments", "gradient_norms", "block_momen
            "activation_gradient_norms"]
 
 
-@dataclass(frozen=True)
-class JacobianMoments:
-    """Normalised spectral moments of :math:`JJ^\\top` and their standard errors.
-
-    ``phi1`` is :math:`\\phi(JJ^\\top)`, ``phi2`` is :math:`\\phi((JJ^\\top)^2)`; the
-    standard errors are those of the probe average (of its residual part for Hutch++; zero
-    for ``exact=True``). ``probes`` counts the products with :math:`JJ^\\top` (0 for the
-    exact path); ``method`` is the estimator that made them (``"exact"``, ``"hutchinson"``
-    or ``"hutch++"``) and ``sketch`` how many of them went into the Hutch++ sketch.
-    """
-
-    phi1: float
-    phi2: float
-    phi1_se: float
-    phi2_se: float
-    n_in: int
-    n_out: int
-    probes: int
-    method: str = "hutchinson"
-    sketch: int = 0
-
-    @property
-    def variance(self) -> float:
-        """Spectral variance :math:`\\phi((JJ^\\top)^2) - \\phi(JJ^\\top)^2`."""
-        return self.phi2 - self.phi1**2
-
-    @property
-    def relative_variance(self) -> float:
-        """:math:`\\phi((JJ^\\top)^2)/\\phi(JJ^\\top)^2 - 1`, which adds under serial
-        composition (Chen et al., multiplication theorem)."""
-        return self.phi2 / self.phi1**2 - 1.0
+#: The measured moments are the library's one moments record, :class:`gnelib.theory.moments.Moments`
+#: (``phi1``, ``phi2``, ``aspect``, standard errors, ``n_in``/``n_out``, ``probes``, ``method``,
+#: ``sketch``), so a measurement feeds the moment calculus directly.
+JacobianMoments = Moments
 
 
 def _check_input(x) -> torch.Tensor:
@@ -110,7 +84,7 @@ def _exact(f, x: torch.Tensor) -> JacobianMoments:
     a = jac @ jac.T
     phi1 = torch.trace(a).item() / n_out
     phi2 = (a * a).sum().item() / n_out  # tr(A^2) = sum_ij A_ij^2 for symmetric A
-    return JacobianMoments(phi1, phi2, 0.0, 0.0, n_in, n_out, 0, "exact")
+    return JacobianMoments(phi1, phi2, n_out / n_in, 0.0, 0.0, n_in, n_out, 0, "exact")
 
 
 #: Estimators of :func:`jacobian_moments` (``method``); ``"auto"`` picks one of the first two.
@@ -259,7 +233,7 @@ def _sketch(op: _Operator, q: torch.Tensor) -> tuple[float, float]:
 
 def _result(s: _Samples, n_in: int, products: int, method: str, sketch: int):
     (p1, s1), (p2, s2) = s.stats()
-    return JacobianMoments(p1, p2, s1, s2, n_in, s.n_out, products, method, sketch)
+    return JacobianMoments(p1, p2, s.n_out / n_in, s1, s2, n_in, s.n_out, products, method, sketch)
 
 
 def _run_residual(op, s, generator, q, distribution, count, rel_error, max_probes):
@@ -301,8 +275,8 @@ def _hutch_pp(op, n_in, generator, probes, rel_error, max_probes, sketch):
     s = _Samples(op.n_out, t1, t2)
     m = max(2, probes - 2 * k)
     if k >= op.n_out:  # the sketch spans the whole space: the traces are exact
-        return JacobianMoments(t1 / op.n_out, t2 / op.n_out, 0.0, 0.0, n_in, op.n_out,
-                               op.products, "hutch++", 2 * k)
+        return JacobianMoments(t1 / op.n_out, t2 / op.n_out, op.n_out / n_in, 0.0, 0.0, n_in,
+                               op.n_out, op.products, "hutch++", 2 * k)
     _run_residual(op, s, generator, q, "rademacher", m if rel_error is None else 16,
                   rel_error, max_probes)
     return _result(s, n_in, op.products, "hutch++", 2 * k)
