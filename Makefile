@@ -50,14 +50,14 @@ nbval: $(STAMP)
 	  --nbval-sanitize-with tests/nbval_sanitize.cfg build/smoke/notebooks/*.ipynb
 
 bench: $(STAMP)
-	$(BIN)/python -m benchmarks --all $(BENCH_ARGS)
+	$(BIN)/python -m gnelib.bench --all $(BENCH_ARGS)
 
 # the book-sized suite the Performance page shows when no full record exists (a few minutes)
 bench-book: $(STAMP)
-	$(BIN)/python -m benchmarks --all --book $(BENCH_ARGS)
+	$(BIN)/python -m gnelib.bench --all --book $(BENCH_ARGS)
 
 bench-smoke: $(STAMP)
-	$(BIN)/python -m benchmarks --all --smoke $(BENCH_ARGS)
+	$(BIN)/python -m gnelib.bench --all --smoke $(BENCH_ARGS)
 
 # JupyterLab on this checkout (jupytext opens book/chapters/*.md as notebooks and saves them
 # back to the .md); the chapters' parameters cell reads GNE_PROFILE. Open the printed URL.

@@ -9,10 +9,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from benchmarks import bench_smn, harness, report  # noqa: E402
+from gnelib.bench import bench_smn, harness, report
 
 
 def test_llc_is_read_from_the_os():

@@ -19,6 +19,7 @@ LAYERS = [
     ("data", "Data"),
     ("training", "Training"),
     ("runs", "Registered experiments, results store, sweeps"),
+    ("bench", "Benchmarks (the Performance page)"),
     ("book", "What chapters import"),
     ("cli", "The command line"),
 ]

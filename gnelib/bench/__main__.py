@@ -1,4 +1,4 @@
-"""Command line: ``python -m benchmarks [--all | NAME ...] [--smoke] [--device D] [--threads T]``."""
+"""Command line: ``python -m gnelib.bench [--all | NAME ...] [--smoke] [--device D] [--threads T]``."""
 from __future__ import annotations
 
 import argparse
@@ -14,7 +14,7 @@ from .harness import BOOK, FULL, SMOKE, environment, format_table
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m gnelib.bench", description=__doc__)
     p.add_argument("names", nargs="*", help=f"suites to run: {', '.join(SUITES)}")
     p.add_argument("--all", action="store_true", help="run every suite")
     p.add_argument("--smoke", action="store_true",

@@ -21,7 +21,7 @@ into a leaf's ``.grad``, as for a layer inside a network). Contenders:
 *The bandwidth bound.* Both layers are single-pass reductions followed by elementwise
 passes, so beyond the cache their time is bounded below by the bytes they must move over the
 machine's memory bandwidth. The suite measures the bandwidth in the same run
-(:func:`benchmarks.harness.stream_bandwidth`: STREAM copy and triad in torch, same thread
+(:func:`gnelib.bench.harness.stream_bandwidth`: STREAM copy and triad in torch, same thread
 count, arrays 4x the last-level cache read from the OS) and counts the minimal traffic of a
 forward+backward step whose tensors do not fit in the cache: the forward reads ``x`` twice
 (the statistic, then the normalisation: the statistic must be complete before the first

@@ -32,7 +32,7 @@ import math
 
 import torch
 
-from gnelib import jacobian_moments
+from gnelib.probes.jacobian import jacobian_moments
 
 from .harness import FULL, Case, Settings, goal, run_suite
 

@@ -33,7 +33,8 @@ from typing import Callable
 import torch
 from torch.utils.benchmark import Timer
 
-from gnelib import atomic_write_json, check_positive, check_positive_int, data_dir
+from gnelib.base.errors import check_positive, check_positive_int
+from gnelib.base.io import atomic_write_json, data_dir
 
 __all__ = ["Case", "Settings", "SMOKE", "FULL", "environment", "measure", "run_suite", "goal",
            "BOOK", "llc_bytes", "stream_bandwidth", "results_dir", "result_path", "format_table", "median_ratio", "loglog_slope"]
