@@ -549,7 +549,7 @@ class BNYangConfig(Config):
 
 
 @register("bn_yang_rates", BNYangConfig,
-          profiles={"smoke": dict(widths=(128, 256), seeds=(12, 12), depth=120),
+          profiles={"smoke": dict(widths=(128, 256), seeds=(8, 8), depth=120),
                     "book": dict(widths=(128, 256), seeds=(32, 32), depth=200),
                     "full": dict(widths=(256, 512, 1024), seeds=(64, 32, 16), depth=400)})
 def bn_yang_rates(config: BNYangConfig, device="cpu", progress: bool = False) -> dict:
