@@ -586,7 +586,7 @@ class BNTrainDepthsConfig(Config):
 
 @register("bn_train_depths", BNTrainDepthsConfig,
           profiles={"smoke": dict(),
-                    "book": dict(depths=(10, 30, 100, 300), steps=640),
+                    "book": dict(depths=(10, 30, 100), steps=640),
                     "full": dict(train_data="cifar10", depths=(100, 500, 1000), width=100,
                                  steps=10000, lr=0.001)},
           summary=lambda r: {"data": r["data"],
