@@ -32,6 +32,7 @@ import hashlib
 import importlib
 import inspect
 import json
+import math
 import re
 import typing
 from dataclasses import dataclass
@@ -42,8 +43,8 @@ from gnelib.base.errors import check_choice, check_positive, check_positive_int
 from gnelib.base.profiles import SIZES, check_profile
 
 __all__ = ["Experiment", "register", "get", "names", "make_config", "parse_value",
-           "config_key", "config_dict", "library_version", "GradientNormsConfig", "TrainMLPConfig",
-           "profiles_from_sizes", "parse_numbers", "gradient_norms_at_init", "train_mlp"]
+           "config_key", "config_dict", "library_version", "estimate_memory",
+           "GradientNormsConfig", "TrainMLPConfig", "profiles_from_sizes", "parse_numbers", "gradient_norms_at_init", "train_mlp"]
 
 _TYPES = (int, float, str, bool)
 
@@ -102,6 +103,7 @@ class Experiment:
     fn: typing.Callable
     profiles: dict
     summary: typing.Callable | None = None
+    memory: typing.Callable | None = None
 
     @property
     def module(self) -> str:
@@ -129,13 +131,14 @@ class Experiment:
 _REGISTRY: dict[str, Experiment] = {}
 
 
-def register(name: str, config: type, profiles: dict | None = None, summary=None):
+def register(name: str, config: type, profiles: dict | None = None, summary=None, memory=None):
     """Decorator registering ``fn(config, device=..., progress=...) -> dict`` under ``name``.
 
     ``config`` must be a dataclass whose fields are ``int``/``float``/``str``/``bool`` with
     defaults, one of them an ``int`` named ``seed``. ``profiles`` maps profile names to
-    default overrides. Registering a name twice replaces the earlier experiment only when it
-    comes from the same function (a module re-import); otherwise it is an error.
+    default overrides. ``memory(config) -> bytes``, optional, estimates the memory a
+    configuration needs (see :func:`estimate_memory`). Registering a name twice replaces the
+    earlier experiment only when it comes from the same function (a module re-import); otherwise it is an error.
     """
     if not dataclasses.is_dataclass(config):
         raise TypeError(f"config for {name!r} must be a dataclass, got {config!r}")
@@ -158,7 +161,7 @@ def register(name: str, config: type, profiles: dict | None = None, summary=None
         old = _REGISTRY.get(name)
         if old is not None and (old.fn.__module__, old.fn.__qualname__) != (fn.__module__, fn.__qualname__):
             raise ValueError(f"experiment {name!r} is already registered by {old.module}")
-        _REGISTRY[name] = Experiment(name, config, fn, profiles, summary)
+        _REGISTRY[name] = Experiment(name, config, fn, profiles, summary, memory)
         return fn
 
     return decorator
@@ -195,9 +198,14 @@ def parse_value(field: str, kind: type, text):
             return False
         raise ValueError(f"{field} must be a boolean (true/false), got {text!r}")
     try:
-        return kind(text)
+        value = kind(text)
     except ValueError:
         raise ValueError(f"{field} must be {kind.__name__}, got {text!r}") from None
+    if kind is int and not -2**63 <= value < 2**63:
+        raise ValueError(f"{field} must be an integer between -2**63 and 2**63-1, got {text!r}")
+    if kind is float and math.isnan(value):
+        raise ValueError(f"{field} must be a number, got {text!r}")
+    return value
 
 
 def make_config(name: str, profile: str = "book", overrides: dict | None = None):
@@ -212,6 +220,13 @@ def make_config(name: str, profile: str = "book", overrides: dict | None = None)
         check_choice(f"parameter of {name}", key, hints)
         values[key] = parse_value(key, hints[key], val)
     return exp.config(**values)
+
+
+def estimate_memory(name: str, config) -> int | None:
+    """Bytes experiment ``name`` needs for ``config`` by its registered estimate, or
+    ``None`` when it has none."""
+    exp = get(name)
+    return None if exp.memory is None else int(exp.memory(config))
 
 
 def config_dict(config) -> dict:
@@ -267,11 +282,22 @@ def _summary_gradient_norms(result: dict) -> dict:
             "end_to_end_phi": result["end_to_end_phi"]}
 
 
+def _mlp_params(in_dim: int, width: int, depth: int, classes: int) -> int:
+    return in_dim * width + (depth - 1) * width * width + width * classes + depth * width + classes
+
+
+def _memory_gradient_norms(c: GradientNormsConfig) -> int:
+    """float64: the weights and their gradients, the forward activations, and the probes'
+    vmapped Jacobian products through the whole stack (``probes`` copies of it)."""
+    params = _mlp_params(c.in_dim, c.width, c.depth, c.classes)
+    return 8 * (3 * params + c.batch * c.width * c.depth * (4 + 4 * c.probes))
+
+
 @register("gradient_norms_at_init", GradientNormsConfig,
           profiles={"smoke": dict(width=64, depth=8, batch=16, probes=16),
                     "book": dict(width=256, depth=32, batch=32, probes=32),
                     "full": dict(width=1024, depth=200, batch=128, probes=64)},
-          summary=_summary_gradient_norms)
+          summary=_summary_gradient_norms, memory=_memory_gradient_norms)
 def gradient_norms_at_init(config: GradientNormsConfig, device="cpu") -> dict:
     """Per-layer squared weight-gradient norms and per-block φ(JJᵀ) of a deep ReLU MLP at
     initialisation (Chen et al. 2020, Definition 3.1 and the multiplication theorem).
@@ -365,11 +391,18 @@ def _summary_train(result: dict) -> dict:
             "diverged_step": result["diverged_step"]}
 
 
+def _memory_train(c: TrainMLPConfig) -> int:
+    """float32: weights, gradients and momentum, the data set, and the activations of a
+    training batch and of a 1000-example evaluation batch."""
+    params = _mlp_params(40, c.width, c.depth, 10)
+    return 4 * (4 * params + 2 * 64 * c.n_train + 4 * (c.batch_size + 1000) * c.width * c.depth)
+
+
 @register("train_mlp", TrainMLPConfig,
           profiles={"smoke": dict(width=32, depth=4, steps=60, n_train=1000, eval_every=20),
                     "book": dict(width=128, depth=8, steps=500, n_train=4000, eval_every=100),
                     "full": dict(width=512, depth=32, steps=5000, n_train=4000, eval_every=500)},
-          summary=_summary_train)
+          summary=_summary_train, memory=_memory_train)
 def train_mlp(config: TrainMLPConfig, device="cpu", progress: bool = False) -> dict:
     """Train a ``~gnelib.nn.mlp.MLP`` with :func:`~gnelib.training.train` (SGD with momentum) and return the
     loss and test-accuracy history; divergence (a NaN/inf loss) is recorded, not raised."""
