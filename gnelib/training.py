@@ -36,18 +36,20 @@ class _Lines:
         self.stream.flush()
 
 
-def progress_bar(iterable, total: int | None = None, desc: str = "", disable: bool = False,
-                 stream=None):
+def progress_bar(iterable=None, total: int | None = None, desc: str = "", disable: bool = False,
+                 stream=None, **kwargs):
     """A tqdm progress bar on ``stream`` (default ``sys.stderr``). On a terminal it redraws
     in place and disappears when done; elsewhere (a log file, a notebook's captured stream) it
-    writes a line at most every :data:`LOG_INTERVAL` seconds and a last line at the end."""
+    writes a line at most every :data:`LOG_INTERVAL` seconds and a last line at the end.
+    Other keyword arguments go to tqdm."""
     stream = sys.stderr if stream is None else stream
     tty = hasattr(stream, "isatty") and stream.isatty()
     if tty:
-        return tqdm(iterable, total=total, desc=desc, disable=disable, leave=False, file=stream)
+        return tqdm(iterable, total=total, desc=desc, disable=disable, leave=False, file=stream,
+                    **kwargs)
     return tqdm(iterable, total=total, desc=desc, disable=disable, leave=True, file=_Lines(stream),
                 mininterval=LOG_INTERVAL, maxinterval=LOG_INTERVAL, miniters=1, ncols=100,
-                ascii=True)
+                ascii=True, **kwargs)
 
 
 @dataclass

@@ -20,12 +20,11 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures import as_completed as pool_as_completed
 from dataclasses import dataclass, field
 
-from tqdm import tqdm
-
 from gnelib.runs import registry as experiments
 from gnelib.base.device import set_threads
 from gnelib.base.errors import check_positive_int
 from gnelib.runs.store import Store, compute
+from gnelib.training import progress_bar
 
 __all__ = ["expand_grid", "run_config", "sweep", "SweepResult", "WorkerVersionError",
            "SchedulerError"]
@@ -142,7 +141,11 @@ def sweep(name: str, configs: list, store: Store | None = None, *, scheduler: st
         else:
             todo[key] = cfg
     result = SweepResult(records=[], reused=len(records))
-    bar = tqdm(total=len(order), initial=len(records), desc=f"sweep {name}", disable=not progress)
+    bars = []
+
+    def open_bar():  # once the workers are reachable, so a refused connection prints one line
+        bars.append(progress_bar(total=len(order), initial=len(records), desc=f"sweep {name}",
+                                 disable=not progress))
 
     def done(key, rec=None, err=None):
         if isinstance(err, WorkerVersionError):
@@ -155,12 +158,24 @@ def sweep(name: str, configs: list, store: Store | None = None, *, scheduler: st
             store.put(rec)
             records[key] = rec
             result.computed += 1
-        bar.update(1)
+        bars[0].update(1)
 
     args = {k: (name, exp.module, experiments.config_dict(c), device, store.version) for k, c in todo.items()}
+    try:
+        _run(args, todo, done, open_bar, exp.module, client, scheduler, workers, jobs)
+    finally:
+        if bars:
+            bars[0].close()
+    result.records = [records[k] for k in order if k in records]
+    return result
+
+
+def _run(args, todo, done, open_bar, module, client, scheduler, workers, jobs) -> None:
     if todo and (client is not None or scheduler is not None or workers is not None):
-        _run_dask(args, done, client=client, scheduler=scheduler, workers=workers)
-    elif todo:
+        _run_dask(args, done, client=client, scheduler=scheduler, workers=workers, ready=open_bar)
+        return
+    open_bar()
+    if todo:
         jobs = jobs or os.cpu_count() or 1
         check_positive_int("jobs", jobs)
         if jobs == 1 or len(todo) == 1:
@@ -173,7 +188,7 @@ def sweep(name: str, configs: list, store: Store | None = None, *, scheduler: st
             # forkserver: one server imports torch and gnelib once, workers fork from it
             # before any OpenMP pool exists (fork from this process could deadlock)
             ctx = multiprocessing.get_context("forkserver")
-            ctx.set_forkserver_preload(["gnelib.runs.sweep", exp.module])
+            ctx.set_forkserver_preload(["gnelib.runs.sweep", module])
             with ProcessPoolExecutor(min(jobs, len(todo)), mp_context=ctx,
                                      initializer=_init_pool_worker) as pool:
                 futures = {pool.submit(run_config, *a): k for k, a in args.items()}
@@ -188,12 +203,9 @@ def sweep(name: str, configs: list, store: Store | None = None, *, scheduler: st
                 except WorkerVersionError:
                     pool.shutdown(cancel_futures=True)
                     raise
-    bar.close()
-    result.records = [records[k] for k in order if k in records]
-    return result
 
 
-def _run_dask(args: dict, done, client=None, scheduler=None, workers=None) -> None:
+def _run_dask(args: dict, done, client=None, scheduler=None, workers=None, ready=None) -> None:
     try:
         from distributed import Client, LocalCluster, as_completed
     except ImportError:
@@ -214,6 +226,8 @@ def _run_dask(args: dict, done, client=None, scheduler=None, workers=None) -> No
                                        host="127.0.0.1", dashboard_address=None)
             client = own_client = Client(own_cluster)
     try:
+        if ready is not None:
+            ready()
         futures = {client.submit(run_config, *a, key=f"gne-{a[0]}-{k}", pure=False): k
                    for k, a in args.items()}
         try:
