@@ -20,6 +20,14 @@ from gnelib.probes import model as pm  # noqa: E402
 P = 8  # probes: a sanity check needs few
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small models are latency-bound: one torch thread per test worker (make test runs two)."""
+    from gnelib.base.device import torch_threads
+    with torch_threads(1):
+        yield
+
+
 def gen(seed):
     return torch.Generator().manual_seed(seed)
 
