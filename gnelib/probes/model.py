@@ -227,10 +227,7 @@ def parse_kwargs(items, factory=None) -> dict:
     ``gne run --set`` accepts. A bare word is taken as a string only for a parameter of
     ``factory`` that is a string (annotated ``str`` or with a string default). Anything else,
     and a keyword ``factory`` does not accept, is a :class:`ProbeError` naming the argument."""
-    sig = _signature(factory) if factory is not None else None
-    params = dict(sig.parameters) if sig is not None else {}
-    open_kwargs = sig is None or any(p.kind is p.VAR_KEYWORD for p in params.values())
-    accepted = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    params = _keywords(factory)
     out = {}
     for item in items or ():
         if "=" not in item or not item.split("=", 1)[0].strip():
@@ -239,10 +236,8 @@ def parse_kwargs(items, factory=None) -> dict:
         k = k.strip()
         if not k.isidentifier():
             raise ProbeError("--arg", f"{k!r} is not a keyword name")
-        if not open_kwargs and k not in accepted:
-            raise ProbeError("--arg", f"unknown keyword {k!r}: the factory accepts "
-                                      f"{', '.join(repr(a) for a in accepted) or 'no keywords'}")
-        kind = _param_kind(params[k]) if k in params else None
+        _check_keywords(factory, [k], params)
+        kind = _param_kind(params[k]) if params and k in params else None
         try:
             value = ast.literal_eval(v.strip())
         except (ValueError, SyntaxError, MemoryError, RecursionError):
@@ -265,12 +260,29 @@ def parse_kwargs(items, factory=None) -> dict:
     return out
 
 
+def _keywords(factory) -> dict | None:
+    """The keyword parameters of ``factory`` by name, or ``None`` when it takes any."""
+    sig = _signature(factory) if factory is not None else None
+    if sig is None or any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+        return None
+    return {n: p for n, p in sig.parameters.items()
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+def _check_keywords(factory, names, params=False) -> None:
+    params = _keywords(factory) if params is False else params
+    for k in names:
+        if params is not None and k not in params:
+            raise ProbeError("--arg", f"unknown keyword {k!r}: the factory accepts "
+                                      f"{', '.join(repr(a) for a in params) or 'no keywords'}")
+
+
 def load_factory(spec: str, kwargs: dict | None = None) -> nn.Module:
     """Build a model from ``"package.module:factory"``, calling it with ``kwargs``. Raises
     :class:`ProbeError`: ``--arg`` for an unknown keyword or a ``ValueError``/``TypeError``
     of the factory (its arguments are wrong), ``model`` for anything else."""
     fn = resolve_factory(spec)
-    parse_kwargs([f"{k}={v!r}" for k, v in (kwargs or {}).items()], fn)  # checks the keywords
+    _check_keywords(fn, list(kwargs or {}))
     try:
         model = fn(**(kwargs or {}))
     except (ValueError, TypeError) as err:
@@ -582,11 +594,12 @@ def _locate_input(call: _Call):
     return None
 
 
-def _resolve_default(model: nn.Module, calls: dict) -> list[tuple[str, nn.Module]]:
+def _resolve_default(model: nn.Module, calls: dict, skipped: list) -> list[tuple[str, nn.Module]]:
     """The finest default blocks that are each called exactly once (uncalled ones are
-    dropped); a container whose children are not is probed whole."""
+    dropped and listed in ``skipped``); a container whose children are not is probed whole."""
     tree = {n: (m, kids) for n, m, kids in _tree(model)}
     bad = []
+    skipped.clear()
 
     def resolve(name):
         mod, kids = tree[name]
@@ -598,6 +611,7 @@ def _resolve_default(model: nn.Module, calls: dict) -> list[tuple[str, nn.Module
             return None
         n_calls = len(calls.get(name, ()))
         if n_calls == 0 and kids is None:
+            skipped.append(name)
             return []
         if n_calls == 1:
             return [(name, mod)]
@@ -785,7 +799,8 @@ def _probe(m, x, blocks, probes, generator, tolerance, rv_tolerance, budget, mod
         y = _forward(m, x, "")
     finally:
         rec.close()
-    chosen = chosen if blocks else _resolve_default(m, rec.calls)
+    skipped: list[str] = []
+    chosen = chosen if blocks else _resolve_default(m, rec.calls, skipped)
     y_path = _output_path(y)
     if y_path is None:
         raise ProbeError("model", f"the model returns {type(y).__name__} with no floating-point tensor")
@@ -813,7 +828,8 @@ def _probe(m, x, blocks, probes, generator, tolerance, rv_tolerance, budget, mod
             raise ProbeError("--blocks", f"block {name!r} returns no floating-point tensor")
         if not torch.isfinite(call.out).all():
             raise ProbeError("model", f"block {name!r} outputs NaN or inf at the probe's input")
-    results, notes = [], []
+    results = []
+    notes = [f"not called in the forward pass, left out: {', '.join(skipped)}"] if skipped else []
     roles = _roles(chosen, rec.calls)
     for (name, mod), role in zip(chosen, roles):
         call = rec.calls[name][0]
