@@ -28,7 +28,7 @@ __all__ = ["mlp_moments", "mlp_pass", "residual_moments", "normalized_stack_phi"
            "weight_layers", "MLPMomentsConfig", "ResidualMomentsConfig", "NormalizedStackConfig",
            "SeluMomentsConfig", "SerialGradientsConfig", "ConvBlockMomentsConfig", "TrainConfig",
            "bdi_mlp_moments", "bdi_residual_moments", "bdi_normalized_stack", "bdi_selu_moments",
-           "bdi_serial_gradients", "bdi_conv_block_moments", "bdi_train", "rule_gain"]
+           "bdi_serial_gradients", "bdi_conv_block_moments", "bdi_train", "bdi_resnet_train", "bdi_resnet_gradients", "ResNetGradientsConfig", "ResNetTrainConfig", "rule_gain"]
 
 
 def _weight(n, init, gain, gen):
@@ -386,7 +386,7 @@ class NormalizedStackConfig(Config):
 
 @register("bdi_normalized_stack", NormalizedStackConfig,
           profiles={"smoke": dict(widths=(128, 256), batches=(64, 256), draws=10),
-                    "book": dict(widths=(256, 512), batches=(128, 512), draws=12),
+                    "book": dict(widths=(128, 256), batches=(128, 512), draws=10),
                     "full": dict(widths=(512, 1024, 2048), batches=(128, 512, 2048), draws=16)})
 def bdi_normalized_stack(config: NormalizedStackConfig) -> dict:
     """Exact per-block φ(JJᵀ) of BN/SMN stacks with frozen batch statistics
@@ -408,9 +408,10 @@ def _serial_net(width, norm, init, activation, slope, selu_eps, gen, blocks=5, i
 
 
 def _conv_checks(config):
-    from gnelib.nn.convnets import CONV_ACTIVATIONS, NORMS
-    check_choice("norm", config.norm, NORMS)
+    from gnelib.nn.convnets import CONV_ACTIVATIONS
     check_choice("activation", config.activation, CONV_ACTIVATIONS)
+    allowed = ("bn", "smn", "fixup") if config.arch == "resnet" else ("bn", "smn", "sws", "l1", "none")
+    check_choice(f"norm for arch {config.arch!r}", config.norm, allowed)
 
 
 @dataclass(frozen=True)
@@ -419,8 +420,10 @@ class SerialGradientsConfig(Config):
     ``image``×``image`` Gaussian inputs (see :func:`init_gradient_norms`). ``slope`` is used
     by the leaky activations only; ``selu_eps`` < 0 means the standard SeLU."""
 
+    arch: str = param("serial", choices=("serial", "resnet"))
+    blocks: int = param(5, positive=True)
     width: int = param(8, positive=True)
-    norm: str = param("none")
+    norm: str = param("none", choices=("bn", "smn", "sws", "l1", "none", "fixup"))
     init: str = param("kaiming", choices=CONV_INITS)
     activation: str = param("relu")
     slope: float = param(0.18, minimum=0.0)
@@ -437,19 +440,43 @@ class SerialGradientsConfig(Config):
 
 @register("bdi_serial_gradients", SerialGradientsConfig,
           profiles={"smoke": dict(width=8, image=8, batch=8, draws=30),
-                    "book": dict(width=8, image=16, batch=16, draws=32),
+                    "book": dict(width=8, image=8, batch=16, draws=32),
                     "full": dict(width=16, image=32, batch=128, draws=64)})
 def bdi_serial_gradients(config: SerialGradientsConfig) -> dict:
     """Per-layer squared weight-gradient norms of Chen et al.'s serial network at
     initialisation (:func:`init_gradient_norms`, the paper's gradient figure taken at
     initialisation): ``grad_sq_norms`` holds one list (layers in depth order) per draw."""
     def make(gen):
+        if config.arch == "resnet":
+            from gnelib.nn.convnets import ResNet
+            return ResNet(width=config.width, blocks=config.blocks, norm=config.norm,
+                          generator=gen)
         return _serial_net(config.width, config.norm, config.init, config.activation,
-                           config.slope, config.selu_eps, gen)
+                           config.slope, config.selu_eps, gen, config.blocks)
 
     a = init_gradient_norms(make, config.draws, (3, config.image, config.image),
                             batch=config.batch, seed=config.seed)
     return {"grad_sq_norms": a.tolist()}
+
+
+@dataclass(frozen=True)
+class ResNetGradientsConfig(SerialGradientsConfig):
+    """:class:`SerialGradientsConfig` for the CIFAR ResNet family (ResNet-20 at ``blocks=3``,
+    ResNet-56 at ``blocks=9``; norm ∈ bn/smn/fixup)."""
+
+    arch: str = param("resnet", choices=("serial", "resnet"))
+    blocks: int = param(3, positive=True)
+    norm: str = param("bn", choices=("bn", "smn", "sws", "l1", "none", "fixup"))
+
+
+@register("bdi_resnet_gradients", ResNetGradientsConfig,
+          profiles={"smoke": dict(blocks=1, width=8, image=8, batch=8, draws=16),
+                    "book": dict(blocks=3, width=8, image=8, batch=16, draws=16),
+                    "full": dict(blocks=9, width=16, image=32, batch=128, draws=32)})
+def bdi_resnet_gradients(config: ResNetGradientsConfig) -> dict:
+    """Per-layer squared weight-gradient norms of the ResNet at initialisation
+    (:func:`bdi_serial_gradients` with ``arch='resnet'``): ``grad_sq_norms`` one list per draw."""
+    return bdi_serial_gradients(config)
 
 
 @dataclass(frozen=True)
@@ -474,7 +501,7 @@ class ConvBlockMomentsConfig(Config):
 
 @register("bdi_conv_block_moments", ConvBlockMomentsConfig,
           profiles={"smoke": dict(widths=(8, 16), image=8, draws=4),
-                    "book": dict(widths=(8, 16, 32), image=16, draws=6),
+                    "book": dict(widths=(8, 16, 32), image=8, draws=4),
                     "full": dict(widths=(8, 16, 32, 64), image=32, draws=16, probes=8)})
 def bdi_conv_block_moments(config: ConvBlockMomentsConfig) -> dict:
     """(φ, φ₂) of each conv→activation block of an un-normalised serial net at
@@ -520,26 +547,26 @@ class TrainConfig(Config):
     n_train: int = param(4000, positive=True)
     eval_every: int = param(50, positive=True)
     grad_every: int = param(10, positive=True)
+    seeds: int = param(3, positive=True)
     seed: int = param(0, minimum=0)
 
     def __post_init__(self):
         super().__post_init__()
         from gnelib.nn.convnets import CONV_ACTIVATIONS
         check_choice("activation", self.activation, CONV_ACTIVATIONS)
-        allowed = ("bn", "smn", "fixup") if self.arch == "resnet" else ("bn", "smn", "sws", "l1", "none")
-        check_choice(f"norm for arch {self.arch!r}", self.norm, allowed)
+        _conv_checks(self)
 
 
-@register("bdi_train", TrainConfig,
-          profiles={"smoke": dict(steps=20, n_train=512, eval_every=10, grad_every=5, width=4),
-                    "book": dict(steps=300, eval_every=50, grad_every=10, width=8),
-                    "full": dict(dataset="cifar10", steps=50000, batch_size=128, eval_every=1000,
-                                 grad_every=100, width=16, lr=0.01, n_train=50000)})
-def bdi_train(config: TrainConfig, device="cpu", progress: bool = False) -> dict:
-    """Train one network (:func:`~gnelib.training.train`) and return its test-accuracy history
-    (``eval_step``, ``test_accuracy``, ``final_accuracy``, ``diverged_step``) and the per-layer
-    squared gradient norms of the training batch (``grad_step``, ``grad_sq_norms``: one list over
-    weight layers per recorded step)."""
+_TRAIN_PROFILES = {
+    "smoke": dict(blocks=2, width=4, steps=30, batch_size=32, n_train=512, eval_every=10,
+                  grad_every=5, seeds=3),
+    "book": dict(blocks=2, width=8, steps=300, batch_size=32, eval_every=50, grad_every=10,
+                 seeds=3),
+    "full": dict(dataset="cifar10", blocks=5, width=16, steps=50000, batch_size=128, lr=0.01,
+                 n_train=50000, eval_every=1000, grad_every=100, seeds=4)}
+
+
+def _train_one(config, seed: int, device, progress) -> dict:
     from gnelib.data import cifar10, mnist1d
     from gnelib.nn.convnets import ResNet
     from gnelib.training import train
@@ -550,7 +577,7 @@ def bdi_train(config: TrainConfig, device="cpu", progress: bool = False) -> dict
         data, in_ch, dims = mnist1d(), 1, 1
         data.x_train, data.x_test = data.x_train.unsqueeze(1), data.x_test.unsqueeze(1)
     data = data.subset(config.n_train)
-    gen = torch.Generator().manual_seed(config.seed)
+    gen = torch.Generator().manual_seed(seed)
     if config.arch == "serial":
         model = _serial_net(config.width, config.norm, config.init, config.activation,
                             config.slope, config.selu_eps, gen, config.blocks, in_ch, dims)
@@ -573,3 +600,39 @@ def bdi_train(config: TrainConfig, device="cpu", progress: bool = False) -> dict
     return {"eval_step": hist.eval_step, "test_accuracy": hist.test_accuracy,
             "final_accuracy": hist.test_accuracy[-1] if hist.test_accuracy else None,
             "diverged_step": hist.diverged_step, "grad_step": grad_step, "grad_sq_norms": grads}
+
+
+@register("bdi_train", TrainConfig, profiles=_TRAIN_PROFILES)
+def bdi_train(config: TrainConfig, device="cpu", progress: bool = False) -> dict:
+    """Train ``seeds`` networks (seed ``1000·seed + s``; :func:`~gnelib.training.train`) and
+    return, per seed (``runs``), the test-accuracy history (``eval_step``, ``test_accuracy``,
+    ``final_accuracy``, ``diverged_step``) and the per-layer squared gradient norms of the
+    training batch (``grad_step``, ``grad_sq_norms``: one list over weight layers per recorded
+    step)."""
+    return {"runs": [_train_one(config, config.seed * 1000 + s, device, progress)
+                     for s in range(config.seeds)]}
+
+
+@dataclass(frozen=True)
+class ResNetTrainConfig(TrainConfig):
+    """:class:`TrainConfig` for the CIFAR ResNet family (ResNet-20 at ``blocks=3``, ResNet-56 at
+    ``blocks=9``)."""
+
+    arch: str = param("resnet", choices=("serial", "resnet"))
+    blocks: int = param(3, positive=True)
+    norm: str = param("bn", choices=("bn", "smn", "sws", "l1", "none", "fixup"))
+
+
+@register("bdi_resnet_train", ResNetTrainConfig,
+          profiles={"smoke": dict(blocks=1, width=4, steps=20, batch_size=32, n_train=512,
+                                  eval_every=10, grad_every=2, seeds=1),
+                    "book": dict(blocks=3, width=8, steps=150, batch_size=32, eval_every=50,
+                                 grad_every=5, seeds=1),
+                    "full": dict(dataset="cifar10", blocks=9, width=16, steps=78000,
+                                 batch_size=128, lr=0.1, n_train=50000, eval_every=1000,
+                                 grad_every=100, seeds=4)})
+def bdi_resnet_train(config: ResNetTrainConfig, device="cpu", progress: bool = False) -> dict:
+    """:func:`bdi_train` for the ResNet family (BN, SMN or Fixup-style scaling): per-layer
+    gradient norms during training, the counterpart of the paper's ResNet-56 gradient figure."""
+    return {"runs": [_train_one(config, config.seed * 1000 + s, device, progress)
+                     for s in range(config.seeds)]}
