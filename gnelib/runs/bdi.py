@@ -293,7 +293,7 @@ class MLPMomentsConfig(Config):
 
 @register("bdi_mlp_moments", MLPMomentsConfig,
           profiles={"smoke": dict(widths=(32, 64), depths=(1, 2, 4, 8), seeds=48),
-                    "book": dict(widths=(64, 128), depths=(1, 2, 4, 8, 16), seeds=48),
+                    "book": dict(widths=(64, 128), depths=(1, 2, 4, 8, 16), seeds=40),
                     "full": dict(widths=(256, 512), depths=(1, 2, 4, 8, 16, 32), seeds=64)})
 def bdi_mlp_moments(config: MLPMomentsConfig) -> dict:
     """Exact φ(JJᵀ) and φ((JJᵀ)²) of deep MLPs' input-output Jacobians (:func:`mlp_pass`), to
@@ -439,7 +439,7 @@ class SerialGradientsConfig(Config):
 
 
 @register("bdi_serial_gradients", SerialGradientsConfig,
-          profiles={"smoke": dict(width=8, image=8, batch=8, draws=30),
+          profiles={"smoke": dict(width=8, image=8, batch=8, draws=16),
                     "book": dict(width=8, image=8, batch=16, draws=32),
                     "full": dict(width=16, image=32, batch=128, draws=64)})
 def bdi_serial_gradients(config: SerialGradientsConfig) -> dict:
@@ -500,7 +500,7 @@ class ConvBlockMomentsConfig(Config):
 
 
 @register("bdi_conv_block_moments", ConvBlockMomentsConfig,
-          profiles={"smoke": dict(widths=(8, 16), image=8, draws=4),
+          profiles={"smoke": dict(widths=(8, 16), image=8, draws=3),
                     "book": dict(widths=(8, 16, 32), image=8, draws=4),
                     "full": dict(widths=(8, 16, 32, 64), image=32, draws=16, probes=8)})
 def bdi_conv_block_moments(config: ConvBlockMomentsConfig) -> dict:
@@ -560,7 +560,7 @@ class TrainConfig(Config):
 _TRAIN_PROFILES = {
     "smoke": dict(blocks=2, width=4, steps=30, batch_size=32, n_train=512, eval_every=10,
                   grad_every=5, seeds=3),
-    "book": dict(blocks=2, width=8, steps=300, batch_size=32, eval_every=50, grad_every=10,
+    "book": dict(blocks=2, width=8, steps=250, batch_size=32, eval_every=50, grad_every=10,
                  seeds=3),
     "full": dict(dataset="cifar10", blocks=5, width=16, steps=50000, batch_size=128, lr=0.01,
                  n_train=50000, eval_every=1000, grad_every=100, seeds=4)}
