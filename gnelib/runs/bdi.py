@@ -47,13 +47,11 @@ def _moments_of(jac: torch.Tensor) -> tuple[float, float]:
 
 
 def rule_gain(activation: str, slope: float = 0.0) -> float:
-    """The init gain of the activation-selection rule, :math:`\\phi_W\\phi_\\text{act}=1`: √2 for
-    ReLU, :math:`\\sqrt{2/(1+\\gamma^2)}` for leaky ReLU, 1 for SeLU."""
-    if activation == "relu":
-        return math.sqrt(2.0)
-    if activation == "leaky_relu":
-        return math.sqrt(2.0 / (1 + slope**2))
-    return 1.0
+    """The init gain of the activation-selection rule, :math:`\\phi_W\\phi_\\text{act}=1`
+    (:func:`gnelib.nn.convnets.activation_gain`, the one the conv nets use): √2 for ReLU,
+    :math:`\\sqrt{2/(1+\\gamma^2)}` for leaky ReLU, 1 for SeLU."""
+    from gnelib.nn.convnets import activation_gain
+    return activation_gain(activation, slope)
 
 
 def _activation(activation, slope, selu_eps):

@@ -301,16 +301,16 @@ def orthogonal(m: int, n: int, gain: float = 1.0) -> Moments:
 
 def orthogonal_conv(c: int, k: int, gain: float = 1.0, dims: int = 2) -> Moments:
     """Stride-1 convolution, c channels in and out, whose flattened kernel
-    :math:`W=[W_1\cdots W_K]\in\mathbb R^{c\times cK}` (K = k^dims taps) has Haar orthonormal
+    :math:`W=[W_1\\cdots W_K]\\in\\mathbb R^{c\\times cK}` (K = k^dims taps) has Haar orthonormal
     rows times g (``torch.nn.init.orthogonal_`` on the kernel), circular padding, large c.
 
-    Our derivation: in Fourier space the Jacobian at frequency ω is :math:`WU_\omega` with
-    :math:`U_\omega^*U_\omega=KI`, so :math:`\hat J\hat J^*=K\,WP_\omega W^*` with
-    :math:`P_\omega` a projection of trace ratio 1/K that is free of :math:`W^\top W=g^2P_W`
+    Our derivation: in Fourier space the Jacobian at frequency ω is :math:`WU_\\omega` with
+    :math:`U_\\omega^*U_\\omega=KI`, so :math:`\\hat J\\hat J^*=K\\,WP_\\omega W^*` with
+    :math:`P_\\omega` a projection of trace ratio 1/K that is free of :math:`W^\\top W=g^2P_W`
     (also of ratio 1/K). For free projections with traces a, b,
-    :math:`\tau(PQPQ)=a^2b+ab^2-a^2b^2`, which gives :math:`\phi_1=g^2` and
-    :math:`\phi_2=g^4(2-1/K)`: relative variance :math:`1-1/K` (8/9 for 3×3), against
-    :math:`(cK+1)/(cK)\approx1` for an i.i.d. kernel (:func:`conv`) and 0 for a
+    :math:`\\tau(PQPQ)=a^2b+ab^2-a^2b^2`, which gives :math:`\\phi_1=g^2` and
+    :math:`\\phi_2=g^4(2-1/K)`: relative variance :math:`1-1/K` (8/9 for 3×3), against
+    :math:`(cK+1)/(cK)\\approx1` for an i.i.d. kernel (:func:`conv`) and 0 for a
     delta-orthogonal one. Finite c adds corrections of order 1/c, which this large-c entry omits."""
     c, k = check_positive_int("c", c), check_positive_int("k", k)
     if dims not in (1, 2):
