@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import gnelib.theory.moments as M
-from gnelib.nn.init_conv import haar_orthogonal_
+from gnelib.nn.init import haar_orthogonal_
 from gnelib.probes.conv_spectrum import circular_conv_moments
 from gnelib.probes.jacobian import jacobian_moments
 

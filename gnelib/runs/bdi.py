@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from gnelib.base.errors import check_choice, check_positive_int
-from gnelib.nn.init_conv import CONV_INITS, haar_orthogonal_
+from gnelib.nn.init import CONV_INITS, haar_orthogonal_
 from gnelib.nn.norms import SecondMomentNorm
 from gnelib.probes.jacobian import jacobian_moments
 from gnelib.runs.registry import Config, param, register
@@ -48,9 +48,9 @@ def _moments_of(jac: torch.Tensor) -> tuple[float, float]:
 
 def rule_gain(activation: str, slope: float = 0.0) -> float:
     """The init gain of the activation-selection rule, :math:`\\phi_W\\phi_\\text{act}=1`
-    (:func:`gnelib.nn.convnets.activation_gain`, the one the conv nets use): √2 for ReLU,
+    (:func:`gnelib.nn.activations.activation_gain`, the one the conv nets use): √2 for ReLU,
     :math:`\\sqrt{2/(1+\\gamma^2)}` for leaky ReLU, 1 for SeLU."""
-    from gnelib.nn.convnets import activation_gain
+    from gnelib.nn.activations import activation_gain
     return activation_gain(activation, slope)
 
 

@@ -26,7 +26,7 @@ class GradientNormsConfig(Config):
     """A deep ReLU MLP at initialisation, probed on one random batch."""
 
     init: str = param("he", choices=MLP_INITS)
-    gain: float = param(1.0, positive=True)
+    gain: float = param(0.0, minimum=0.0, doc="full gain g of the init (0: the scheme's default, √2 for he)")
     width: int = param(256, positive=True)
     depth: int = param(32, positive=True)
     in_dim: int = param(40, positive=True)
@@ -67,7 +67,7 @@ def gradient_norms_at_init(config: GradientNormsConfig, device="cpu") -> dict:
     dev = torch.device(device)
     gen = torch.Generator().manual_seed(config.seed)
     model = MLP(config.in_dim, config.width, config.depth, config.classes, activation="relu",
-                init=config.init, gain=config.gain, generator=gen).double().to(dev)
+                init=config.init, gain=config.gain or None, generator=gen).double().to(dev)
     x = torch.randn(config.batch, config.in_dim, generator=gen, dtype=torch.float64).to(dev)
     y = torch.randint(config.classes, (config.batch,), generator=gen).to(dev)
     loss = torch.nn.functional.cross_entropy(model(x), y)
@@ -107,7 +107,7 @@ class TrainMLPConfig(Config):
 
     dataset: str = param("mnist1d", choices=TRAIN_DATASETS)
     init: str = param("he", choices=MLP_INITS)
-    gain: float = param(1.0, positive=True)
+    gain: float = param(0.0, minimum=0.0, doc="full gain g of the init (0: the scheme's default, √2 for he)")
     activation: str = param("relu", choices=tuple(ACTIVATIONS))
     width: int = param(128, positive=True)
     depth: int = param(8, positive=True)
@@ -149,7 +149,7 @@ def train_mlp(config: TrainMLPConfig, device="cpu", progress: bool = False) -> d
     else:
         data = gaussian_mixture(n_train=config.n_train, generator=torch.Generator().manual_seed(1234))
     model = MLP(data.input_shape[0], config.width, config.depth, data.num_classes,
-                activation=config.activation, init=config.init, gain=config.gain, generator=gen)
+                activation=config.activation, init=config.init, gain=config.gain or None, generator=gen)
     hist = train(model, data, steps=config.steps, batch_size=config.batch_size, lr=config.lr,
                  momentum=config.momentum, weight_decay=config.weight_decay, device=device,
                  generator=gen, eval_every=config.eval_every, progress=progress, desc="train_mlp")

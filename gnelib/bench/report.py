@@ -7,16 +7,18 @@ import json
 from gnelib.base.device import torch_threads
 
 from . import SUITES, runner
-from .harness import SMOKE, format_table, loglog_slope, result_path
+from .harness import BOOK, SMOKE, format_table, loglog_slope, result_path
 from .harness import median_ratio as _median_ratio
 
 
-def load(name: str, prefer_smoke: bool = False) -> dict | None:
-    """The stored record of suite ``name``: the full run's (``data/results/bench``) first,
-    then the smoke run's (or the other way round with ``prefer_smoke``); ``None`` if
-    neither exists or parses."""
-    for smoke in ((True, False) if prefer_smoke else (False, True)):
-        path = result_path(name, smoke)
+def load(name: str, prefer_smoke: bool = False, profiles=None) -> dict | None:
+    """The stored record of suite ``name``: the first of ``profiles`` that exists and parses
+    (default: the full run's, ``data/results/bench``, then the book-sized run's, then the
+    smoke run's; smoke first with ``prefer_smoke``); ``None`` if none does."""
+    if profiles is None:
+        profiles = ("smoke", "full", "book") if prefer_smoke else ("full", "book", "smoke")
+    for prof in profiles:
+        path = result_path(name, prof == "smoke", prof)
         if path.exists():
             try:
                 rec = json.loads(path.read_text())
@@ -39,18 +41,25 @@ def revive(obj):
     return obj
 
 
-def load_or_run(profile: str, names=None, threads: int = 1) -> tuple[dict, list[str]]:
-    """Records of every suite for the page at ``profile``: smoke records are preferred at
-    ``smoke``, full ones otherwise; a suite with no record at all is run here at smoke size
-    (on ``threads`` torch threads, on the CPU). Returns ``(records, names run here)``."""
-    import torch
+def record_profile(rec: dict) -> str:
+    """``"smoke"``, ``"book"`` or ``"full"``: the sizes a record was measured at."""
+    return rec.get("profile") or ("smoke" if rec.get("smoke") else "full")
 
+
+def load_or_run(profile: str, names=None, threads: int | None = None) -> tuple[dict, list[str]]:
+    """Records of every suite for the page at ``profile``. At ``smoke`` only smoke records
+    are shown (a missing one is run here at smoke size); otherwise the full record
+    (``make bench``), else the book-sized one, and a suite with neither is run here at book
+    size (a few minutes in all) and stored in ``data/results/bench/book/``; smoke records
+    never appear outside the smoke build. Runs use ``threads`` torch threads (default: one
+    at smoke, torch's otherwise) on the CPU. Returns ``(records, names run here)``."""
     records, ran = {}, []
+    smoke = profile == "smoke"
     for name in names or SUITES:
-        rec = load(name, prefer_smoke=(profile == "smoke"))
+        rec = load(name, profiles=("smoke",) if smoke else ("full", "book"))
         if rec is None:
-            with torch_threads(threads):
-                rec = runner(name)(SMOKE, device="cpu", progress=False)
+            with torch_threads(1 if threads is None and smoke else threads):
+                rec = runner(name)(SMOKE if smoke else BOOK, device="cpu", progress=False)
             ran.append(name)
         records[name] = rec
     return records, ran
@@ -71,8 +80,7 @@ def goals_table(records: dict) -> str:
     for name, rec in records.items():
         for g in rec.get("goals", []):
             rows.append([name, g["text"], f"{g['value']:.3g}", f"{g['op']} {g['threshold']:g}",
-                         "met" if g["met"] else "**not met**",
-                         "smoke" if rec["smoke"] else "full"])
+                         "met" if g["met"] else "**not met**", record_profile(rec)])
     return tabulate(rows, ["suite", "goal", "measured", "target", "", "run"], tablefmt="github",
                     disable_numparse=True)
 
@@ -85,7 +93,7 @@ def environment_table(records: dict) -> str:
     for name, rec in records.items():
         e = rec["env"]
         hw = e.get("gpu") or e.get("cpu", "?")
-        rows.append([name, "smoke" if rec["smoke"] else "full", e.get("date", "?"),
+        rows.append([name, record_profile(rec), e.get("date", "?"),
                      e.get("device", "?"), hw, str(e.get("threads", "?")),
                      str(e.get("load_average_1min", "?")), e.get("torch", "?"),
                      f"{rec.get('wall_s', float('nan')):.0f} s"])
