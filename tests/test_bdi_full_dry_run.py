@@ -11,7 +11,7 @@ from gnelib.runs import bdi as X  # noqa: F401  (registers the experiments)
 from gnelib.runs import registry
 
 # field -> reduced value; structural fields (blocks, image, width of conv nets, dataset) stay
-REDUCE = {"seeds": 1, "draws": 2, "steps": 2, "n_train": 8, "batch_size": 4, "probes": 2,
+REDUCE = {"seeds": 2, "draws": 2, "steps": 2, "n_train": 8, "batch_size": 4, "probes": 2,
           "batch": 2, "eval_every": 2, "grad_every": 1}
 SMALL_MLP = {"bdi_mlp_moments": dict(widths=(8, 16), depths=(1, 32)),
              "bdi_selu_moments": dict(width=16),

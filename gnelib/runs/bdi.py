@@ -190,7 +190,8 @@ def sws_block_phi(channels: int, raw_scale: float, standardize: bool = True, siz
 
 def weight_layers(model: nn.Module) -> list[nn.Module]:
     """The conv and linear layers of ``model`` in depth (registration) order."""
-    return [m for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))]
+    from gnelib.nn.convs import WEIGHT_LAYERS
+    return [m for m in model.modules() if isinstance(m, WEIGHT_LAYERS)]
 
 
 def init_gradient_norms(make_model, draws: int, input_shape, batch: int = 32,
