@@ -17,7 +17,8 @@ SMALL_MLP = {"bdi_mlp_moments": dict(widths=(8, 16), depths=(1, 32)),
              "bdi_selu_moments": dict(width=16),
              "bdi_residual_moments": dict(width=16),
              "bdi_normalized_stack": dict(widths=(16, 32), batches=(8, 16)),
-             "bdi_conv_block_moments": dict(widths=(8,))}
+             "bdi_conv_block_moments": dict(widths=(8,), image=16),
+             "bdi_serial_gradients": dict(image=16), "bdi_resnet_gradients": dict(image=16)}
 
 
 def _fake_cifar10(*_, **__):
