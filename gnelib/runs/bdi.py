@@ -179,13 +179,17 @@ def sws_block_phi(channels: int, raw_scale: float, standardize: bool = True, siz
     from gnelib.nn.convs import SWSConv2d
     gen = torch.Generator().manual_seed(seed)
     cls = SWSConv2d if standardize else nn.Conv2d
-    conv = cls(channels, channels, 3, padding=1, padding_mode="circular", bias=False).double()
+    conv = cls(channels, channels, 3, padding=0, bias=False).double()
     with torch.no_grad():
         conv.weight.normal_(0.0, raw_scale * math.sqrt(2 / (9 * channels)), generator=gen)
     x = torch.relu(torch.randn(batch, channels, size, size, generator=gen, dtype=torch.float64))
+
+    def pre(t):  # circular padding by hand: every output row sees all 9 taps
+        return conv(F.pad(t, (1, 1, 1, 1), mode="circular"))
+
     with torch.no_grad():
-        p_hat = (conv(x) > 0).double().mean().item()
-    return jacobian_moments(lambda t: torch.relu(conv(t)), x, probes=probes, generator=gen), p_hat
+        p_hat = (pre(x) > 0).double().mean().item()
+    return jacobian_moments(lambda t: torch.relu(pre(t)), x, probes=probes, generator=gen), p_hat
 
 
 def weight_layers(model: nn.Module) -> list[nn.Module]:
