@@ -31,7 +31,7 @@ SIZES: dict[str, dict[str, dict]] = {
                       probes=16, timing_scale=16, timing_repeats=2),
         "book": dict(wishart_n=8, wishart_draws=4000, add_width=64, add_draws=800,
                      conv_channels=(8, 32), conv_grid=8, conv_draws=200, sws_channels=16,
-                     probes=32, timing_scale=4, timing_repeats=5),
+                     probes=64, timing_scale=4, timing_repeats=5),
         "full": dict(wishart_n=8, wishart_draws=20000, add_width=128, add_draws=2000,
                      conv_channels=(16, 64), conv_grid=8, conv_draws=400, sws_channels=32,
                      probes=64, timing_scale=1, timing_repeats=20),
