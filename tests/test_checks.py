@@ -326,3 +326,15 @@ def test_ratio_se_delta_method_by_simulation():
     assert C.ratio_se(a, a_se, b, b_se) == pytest.approx(r.std(), rel=0.02)
     assert C.ratio_se(0.0, 1.0, 2.0, 5.0) == pytest.approx(0.5)
     assert C.ratio_se(1.0, 0.1, 0.0, 0.1) == math.inf
+
+
+def test_exceeds_passes_only_when_the_effect_is_detected():
+    from gnelib.book import checks as C
+    C.reset_checks()
+    r = C.check("growth per layer > 0", prediction=0.0, estimate=0.05, se=0.005, kind="exceeds")
+    assert r.passed and "PASS" in r.line
+    with pytest.raises(AssertionError):
+        C.check("growth per layer > 0", prediction=0.0, estimate=0.005, se=0.005, kind="exceeds")
+    with pytest.raises(AssertionError):
+        C.check("decay per layer < 0", prediction=0.0, estimate=0.01, se=0.005, kind="below")
+    assert C.check("decay per layer < 0", prediction=0.0, estimate=-0.05, se=0.005, kind="below").passed

@@ -180,3 +180,62 @@ def slope(rec: dict, contender: str) -> float:
     """Exponent of the power law time ~ size^k fitted to a contender's medians."""
     return loglog_slope([c["size"] for c in rec["cases"]],
                         [c["times"][contender]["median"] for c in rec["cases"]])
+
+
+def page_values(records: dict) -> dict[str, str]:
+    """Every number the Performance page glues into its prose, by glue key, formatted:
+    goals (value and met/not met), the measured bandwidth and cache, and the Jacobian and
+    depth details (the page reads them from its records with this one call)."""
+    out = {}
+
+    def glue_goal(key, rec, i):
+        g = rec["goals"][i]
+        out[f"perf-{key}"] = f"{g['value']:.2f}"
+        out[f"perf-{key}-met"] = "met" if g["met"] else "not met"
+
+    smn, pt, pe, jac, dep = (records[k] for k in ("smn", "pws_train", "pws_eval", "jacobian", "depth"))
+    glue_goal("smn-like", smn, 0)
+    glue_goal("smn-bn2d", smn, 1)
+    glue_goal("smn-bound", smn, 2)
+    bw = smn["bandwidth"]
+    out["perf-bw"] = f"{bw['bandwidth'] / 1e9:.1f} GB/s"
+    out["perf-bw-copy"] = f"{bw['copy'] / 1e9:.1f}"
+    out["perf-bw-triad"] = f"{bw['triad'] / 1e9:.1f}"
+    out["perf-llc"] = f"{bw['llc_bytes'] / 2**20:.0f} MiB"
+    out["perf-bw-threads"] = f"{bw['threads']}"
+    beyond = [c for c in smn["cases"] if c["params"].get("beyond_cache")]
+    out["perf-smn-beyond"] = ", ".join(c["label"].split(" ")[0] for c in beyond)
+    bn2d = sorted(c["extra"]["of_bound"]["BatchNorm2d"] for c in beyond)
+    out["perf-bn2d-bound"] = f"{bn2d[len(bn2d) // 2]:.2f}"
+    out["perf-smn-eager"] = f"{smn['median_ratio']['SMN eager']:.2f}"
+    first = sorted(c["times"]["SMN compiled"]["first_call_s"] for c in smn["cases"])
+    out["perf-smn-compile"] = f"{first[len(first) // 2]:.1f} s"
+    like = median_ratio(smn, "SMN compiled, autograd bwd", "BN compiled, autograd bwd")
+    out["perf-smn-like-ag"] = f"{like:.2f}"
+    glue_goal("pws-bn", pt, 0)
+    glue_goal("pws-gn", pt, 1)
+    glue_goal("pws-eval", pe, 0)
+    out["perf-pws-eval-diff"] = f"{max(c['extra']['max_abs_diff'] for c in pe['cases']):.1e}"
+    glue_goal("jac-1", jac, 0)
+    glue_goal("jac-acc", jac, 1)
+    glue_goal("jac-2", jac, 2)
+    glue_goal("jac-05", jac, 3)
+    at = [c for c in jac["cases"] if c["size"] == 1024] or jac["cases"][-1:]
+    x = at[0]["extra"]
+    out["perf-jac-width"] = f"{at[0]['size']:.0f}"
+    for key, name in (("2", "auto (2%)"), ("1", "auto (1%)"), ("05", "auto (0.5%)"),
+                      ("g", "Gaussian probes (1%)")):
+        e = x[name]
+        out[f"perf-jac-p{key}"] = f"{e['mean_probes']:.0f}"
+        err = 100 * max(e["rms_rel_err_phi1"], e["rms_rel_err_phi2"])
+        out[f"perf-jac-err{key}"] = f"{err:.2f} %"
+        out[f"perf-jac-cover{key}"] = f"{100 * e['within_2se']:.0f} %"
+        out[f"perf-jac-method{key}"] = ", ".join(e["methods"])
+    out["perf-jac-gauss-speed"] = f"{1 / at[0]['times']['Gaussian probes (1%)']['ratio']:.1f}"
+    out["perf-jac-slope-exact"] = f"{slope(jac, 'jacrev (exact)'):.2f}"
+    out["perf-jac-slope-probes"] = f"{slope(jac, 'auto (1%)'):.2f}"
+    glue_goal("depth-slope", dep, 0)
+    glue_goal("depth-per-layer", dep, 1)
+    out["perf-depth-max"] = f"{dep['cases'][-1]['size']:.0f}"
+    out["perf-depth-time"] = f"{dep['cases'][-1]['times'][dep['reference']]['median']:.2f} s"
+    return out

@@ -18,6 +18,9 @@ quantity over independent draws, and calls :func:`check`. The helper
 
 Kinds: ``"two-sided"`` (H0: true value = prediction), ``"upper"`` (H0: true value ≤
 prediction; fails when the estimate exceeds it by more than K·se), ``"lower"`` (mirror),
+``"exceeds"`` / ``"below"`` (an effect claimed to exist: passes only when the data reject
+H0 "true value ≤ prediction" / "≥ prediction" at level alpha, so a missing effect fails; its
+power is the smallest true excess detected with 80 % probability),
 ``"exact"`` (an identity that holds to rounding: relative error ≤ ``tol``, default 1e-10),
 ``"joint"`` (a vector estimate against a vector prediction, with its covariance ``cov`` or
 per-seed rows ``values`` of shape (n_seeds, k): chi-square with a known covariance,
@@ -38,7 +41,7 @@ from scipy import optimize, special, stats
 __all__ = ["CheckResult", "check", "checks_table", "reset_checks", "ledger", "bootstrap_se",
            "ratio_se", "KINDS"]
 
-KINDS = ("two-sided", "upper", "lower", "exact", "joint")
+KINDS = ("two-sided", "upper", "lower", "exceeds", "below", "exact", "joint")
 POWER = 0.8  # the detection probability the reported deviation refers to
 
 _LEDGER: list["CheckResult"] = []
@@ -142,7 +145,8 @@ def _prediction_text(r: CheckResult) -> str:
         return _vec(r.prediction)
     if r.kind == "exact" and np.size(r.prediction) > 1:
         return _vec(r.prediction)
-    rel = {"two-sided": "", "upper": "≤ ", "lower": "≥ ", "exact": "= "}[r.kind]
+    rel = {"two-sided": "", "upper": "≤ ", "lower": "≥ ", "exceeds": "> ", "below": "< ",
+           "exact": "= "}[r.kind]
     return rel + _num(r.prediction)
 
 
@@ -159,9 +163,11 @@ def _statistic_text(r: CheckResult) -> str:
     if r.kind == "exact":
         return f"{name} = {r.statistic:.2g} (tol {r.K:.0e})"
     if r.passed:
-        cmp = {"two-sided": "|{}| ≤ K", "upper": "{} ≤ K", "lower": "{} ≥ −K", "joint": "{} ≤ K"}
+        cmp = {"two-sided": "|{}| ≤ K", "upper": "{} ≤ K", "lower": "{} ≥ −K", "joint": "{} ≤ K",
+               "exceeds": "{} > K", "below": "{} < −K"}
     else:
-        cmp = {"two-sided": "|{}| > K", "upper": "{} > K", "lower": "{} < −K", "joint": "{} > K"}
+        cmp = {"two-sided": "|{}| > K", "upper": "{} > K", "lower": "{} < −K", "joint": "{} > K",
+               "exceeds": "{} ≤ K", "below": "{} ≥ −K"}
     dof = f", dof = {_num(r.dof)}" if r.dof is not None else ""
     txt = (f"{name} = {_num(r.statistic)}, p = {r.p_value:.2g} "
            f"({cmp[r.kind].format(name)} = {_num(r.K)}{dof})")
@@ -331,9 +337,15 @@ def check(hypothesis: str, *, prediction, estimate=None, se=None, values=None,
     elif kind == "upper":
         p = _cdf(-stat, dof)
         passed = stat <= K
-    else:
+    elif kind == "lower":
         p = _cdf(stat, dof)
         passed = stat >= -K
+    elif kind == "exceeds":  # an effect claimed to exist: reject H0 (true <= prediction)
+        p = _cdf(-stat, dof)
+        passed = stat > K
+    else:  # "below"
+        p = _cdf(stat, dof)
+        passed = stat < -K
     return _finish(CheckResult(**base, statistic=float(stat), p_value=p, power_rel=power,
                                passed=bool(passed)))
 
