@@ -25,28 +25,16 @@ DEFAULT_PROFILE_ENV = "GNE_PROFILE"
 
 SIZES: dict[str, dict[str, dict]] = {
     # Chapter 2: block dynamical isometry (Chen et al.).
-    "bdi": {
-        "smoke": dict(mlp_width=128, depths=[1, 2, 4, 8], seeds=6, probes=8, batch=4,
-                      add_width=128, add_draws=6, res_width=64, res_seeds=4,
-                      stack_widths=[128, 256], stack_batch=256, stack_depth=6, stack_seeds=2,
-                      sws_channels=8, selu_width=96, selu_depth=12, selu_seeds=4,
-                      net_width=8, net_image=8, net_batch=8, net_draws=6, full_grid=False,
-                      train_width=4, train_steps=12, train_batch=32, train_data="mnist1d",
-                      train_n=400, train_evals=1, timing_scale=16, timing_repeats=2),
-        "book": dict(mlp_width=256, depths=[1, 2, 4, 8, 16], seeds=10, probes=16, batch=4,
-                     add_width=512, add_draws=10, res_width=128, res_seeds=5,
-                     stack_widths=[256, 512], stack_batch=512, stack_depth=10,
-                     stack_seeds=3, sws_channels=16, selu_width=256, selu_depth=32,
-                     selu_seeds=6, net_width=8, net_image=16, net_batch=32, net_draws=6,
-                     full_grid=True, train_width=8, train_steps=100, train_batch=64,
-                     train_data="mnist1d", train_n=None, train_evals=5, timing_scale=4, timing_repeats=5),
-        "full": dict(mlp_width=512, depths=[1, 2, 4, 8, 16, 32], seeds=16, probes=32, batch=8,
-                     add_width=1024, add_draws=16, res_width=256, res_seeds=8,
-                     stack_widths=[256, 512, 1024, 2048], stack_batch=1024, stack_depth=10,
-                     stack_seeds=4, sws_channels=32, selu_width=512, selu_depth=32,
-                     selu_seeds=10, net_width=16, net_image=32, net_batch=128, net_draws=40,
-                     full_grid=True, train_width=16, train_steps=50000, train_batch=128,
-                     train_data="cifar10", train_n=None, train_evals=50, timing_scale=1, timing_repeats=20),
+    "bdi": {  # inline sizes only; the registered runs' sizes live in gnelib/runs/bdi.py
+        "smoke": dict(wishart_n=8, wishart_draws=2000, add_width=32, add_draws=400,
+                      conv_channels=(8, 16), conv_grid=8, conv_draws=100, sws_channels=8,
+                      probes=16, timing_scale=16, timing_repeats=2),
+        "book": dict(wishart_n=8, wishart_draws=4000, add_width=64, add_draws=800,
+                     conv_channels=(8, 32), conv_grid=8, conv_draws=200, sws_channels=16,
+                     probes=64, timing_scale=4, timing_repeats=5),
+        "full": dict(wishart_n=8, wishart_draws=20000, add_width=128, add_draws=2000,
+                     conv_channels=(16, 64), conv_grid=8, conv_draws=400, sws_channels=32,
+                     probes=64, timing_scale=1, timing_repeats=20),
     },
     # Chapter 3: variance transmission and PWS (Liu et al.).
     "pws": {

@@ -1,7 +1,10 @@
-"""Measurements behind the block dynamical isometry chapter: Jacobian moments of deep MLPs and
-residual stacks, per-block φ of normalised stacks, per-layer gradient norms at initialisation,
-and SMN-versus-BN timings. Each function returns raw per-draw measurements; the chapter compares
-them with :mod:`gnelib.theory.moments`."""
+"""Measurements behind the block dynamical isometry chapter (Chen et al. 2020): Jacobian moments
+of deep MLPs and residual stacks, per-block φ of normalised stacks, SeLU stacks with their
+per-layer statistics, per-block Jacobian moments and per-layer gradient norms of the serial
+conv net, training of the serial net and the CIFAR ResNet with gradient norms recorded during
+training, and SMN-versus-BN timings. Each function returns raw per-draw measurements; the
+chapter compares them with :mod:`gnelib.theory.moments`. The registered experiments' per-profile
+tables below are the only source of the chapter's sizes."""
 from __future__ import annotations
 
 import math
@@ -13,17 +16,19 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from gnelib.nn.init import haar_orthogonal_
-from gnelib.base.errors import check_choice, check_positive, check_positive_int
-from gnelib.runs.registry import profiles_from_sizes, register
+from gnelib.base.errors import check_choice, check_positive_int
+from gnelib.nn.init import CONV_INITS, haar_orthogonal_
 from gnelib.nn.norms import SecondMomentNorm
-from gnelib.theory.moments import SELU_ALPHA, SELU_LAMBDA, selu_coefficients
 from gnelib.probes.jacobian import jacobian_moments
+from gnelib.runs.registry import Config, param, register
+from gnelib.theory.moments import SELU_ALPHA, SELU_LAMBDA, selu_coefficients
 
-__all__ = ["mlp_moments", "residual_moments", "normalized_stack_phi", "sws_block_phi",
-           "init_gradient_norms", "smn_bn_timing", "MLPMomentsConfig", "ResidualMomentsConfig",
-           "NormalizedStackConfig", "bdi_mlp_moments", "bdi_residual_moments",
-           "bdi_normalized_stack", "SerialGradientsConfig", "bdi_serial_gradients"]
+__all__ = ["mlp_moments", "mlp_pass", "residual_moments", "normalized_stack_phi", "sws_block_phi",
+           "init_gradient_norms", "conv_block_moments", "serial_blocks", "smn_bn_timing",
+           "weight_layers", "MLPMomentsConfig", "ResidualMomentsConfig", "NormalizedStackConfig",
+           "SeluMomentsConfig", "SerialGradientsConfig", "ConvBlockMomentsConfig", "TrainConfig",
+           "bdi_mlp_moments", "bdi_residual_moments", "bdi_normalized_stack", "bdi_selu_moments",
+           "bdi_serial_gradients", "bdi_conv_block_moments", "bdi_train", "bdi_resnet_train", "bdi_resnet_gradients", "ResNetGradientsConfig", "ResNetTrainConfig", "rule_gain"]
 
 
 def _weight(n, init, gain, gen):
@@ -41,41 +46,75 @@ def _moments_of(jac: torch.Tensor) -> tuple[float, float]:
             a.pow(2).sum((1, 2)).mean().item() / n)
 
 
-def mlp_moments(width: int, depth: int, init: str = "gaussian", activation: str = "relu",
-                slope: float = 0.0, gain: float = math.sqrt(2), selu_eps: float | None = None,
-                seeds: int = 8, batch: int = 4, seed: int = 0) -> np.ndarray:
-    """Exact (φ, φ((JJᵀ)²)) of the input-output Jacobian of a ``depth``-layer MLP, averaged over
-    ``batch`` Gaussian inputs, one row per seed (independent weights and inputs).
+def rule_gain(activation: str, slope: float = 0.0) -> float:
+    """The init gain of the activation-selection rule, :math:`\\phi_W\\phi_\\text{act}=1`
+    (:func:`gnelib.nn.activations.activation_gain`, the one the conv nets use): √2 for ReLU,
+    :math:`\\sqrt{2/(1+\\gamma^2)}` for leaky ReLU, 1 for SeLU."""
+    from gnelib.nn.activations import activation_gain
+    return activation_gain(activation, slope)
 
-    Blocks are ``act(W x)`` with W Gaussian :math:`\\mathcal N(0,g^2/n)` or Haar orthogonal × g;
-    activation ``relu``/``leaky_relu`` (``slope``) or ``selu`` (coefficients from
-    :func:`~gnelib.theory.moments.selu_coefficients` at ``selu_eps``, standard SeLU if None). The
-    per-sample Jacobian :math:`J=D_LW_L\\cdots D_1W_1` is built explicitly (float64)."""
-    check_choice("init", init, ("gaussian", "orthogonal"))
-    check_choice("activation", activation, ("relu", "leaky_relu", "selu"))
+
+def _activation(activation, slope, selu_eps):
     if activation == "selu":
         lam, alpha = (SELU_LAMBDA, SELU_ALPHA) if selu_eps is None else selu_coefficients(selu_eps)
 
         def act(h):
             return (lam * torch.where(h > 0, h, alpha * torch.expm1(h)),
                     lam * torch.where(h > 0, torch.ones_like(h), alpha * torch.exp(h)))
-    else:
-        neg = slope if activation == "leaky_relu" else 0.0
+        return act
+    neg = slope if activation == "leaky_relu" else 0.0
 
-        def act(h):
-            d = torch.where(h > 0, torch.ones_like(h), torch.full_like(h, neg))
-            return h * d, d
-    out = []
+    def act(h):
+        d = torch.where(h > 0, torch.ones_like(h), torch.full_like(h, neg))
+        return h * d, d
+    return act
+
+
+def mlp_pass(width: int, depths, init: str = "gaussian", activation: str = "relu",
+             slope: float = 0.0, gain: float = math.sqrt(2), selu_eps: float | None = None,
+             batch: int = 4, generator: torch.Generator | None = None) -> dict:
+    """One network: exact (φ, φ((JJᵀ)²)) of the input-output Jacobian of an MLP ``act(W x)``
+    after each depth in ``depths`` (the product :math:`J=D_LW_L\\cdots D_1W_1` is built
+    explicitly in float64, averaged over ``batch`` Gaussian inputs), and the per-layer forward
+    statistics: ``q`` (second moment of the pre-activations), ``mean`` and ``m2`` (mean and
+    second moment of the activations), each a list over layers 1..max(depths)."""
+    check_choice("init", init, ("gaussian", "orthogonal"))
+    check_choice("activation", activation, ("relu", "leaky_relu", "selu"))
+    act = _activation(activation, slope, selu_eps)
+    gen = generator if generator is not None else torch.Generator().manual_seed(0)
+    want = set(depths)
+    x = torch.randn(batch, width, generator=gen, dtype=torch.float64)
+    jac = torch.eye(width, dtype=torch.float64).expand(batch, width, width)
+    out = {"phi": [], "phi2": [], "q": [], "mean": [], "m2": []}
+    for layer in range(1, max(depths) + 1):
+        w = _weight(width, init, gain, gen)
+        h = x @ w.T
+        x, d = act(h)
+        jac = d.unsqueeze(2) * (w @ jac)
+        out["q"].append(h.pow(2).mean().item())
+        out["mean"].append(x.mean().item())
+        out["m2"].append(x.pow(2).mean().item())
+        if layer in want:
+            p1, p2 = _moments_of(jac)
+            out["phi"].append(p1)
+            out["phi2"].append(p2)
+    return out
+
+
+def mlp_moments(width: int, depth: int, init: str = "gaussian", activation: str = "relu",
+                slope: float = 0.0, gain: float = math.sqrt(2), selu_eps: float | None = None,
+                seeds: int = 8, batch: int = 4, seed: int = 0) -> np.ndarray:
+    """Exact (φ, φ((JJᵀ)²)) of the input-output Jacobian of a ``depth``-layer MLP, one row per
+    seed (independent weights and inputs; :func:`mlp_pass`). Blocks are ``act(W x)`` with W
+    Gaussian :math:`\\mathcal N(0,g^2/n)` or Haar orthogonal × g; activation ``relu``,
+    ``leaky_relu`` (``slope``) or ``selu`` (coefficients from
+    :func:`~gnelib.theory.moments.selu_coefficients` at ``selu_eps``, standard SeLU if None)."""
+    rows = []
     for s in range(seeds):
-        gen = torch.Generator().manual_seed(seed * 1000 + s)
-        x = torch.randn(batch, width, generator=gen, dtype=torch.float64)
-        jac = torch.eye(width, dtype=torch.float64).expand(batch, width, width)
-        for _ in range(depth):
-            w = _weight(width, init, gain, gen)
-            x, d = act(x @ w.T)
-            jac = d.unsqueeze(2) * (w @ jac)
-        out.append(_moments_of(jac))
-    return np.array(out)
+        r = mlp_pass(width, (depth,), init, activation, slope, gain, selu_eps, batch,
+                     torch.Generator().manual_seed(seed * 1000 + s))
+        rows.append((r["phi"][0], r["phi2"][0]))
+    return np.array(rows)
 
 
 def residual_moments(width: int, blocks: int, scale: float, seeds: int = 5, batch: int = 4,
@@ -133,15 +172,30 @@ def sws_block_phi(channels: int, raw_scale: float, standardize: bool = True, siz
     """φ of one conv→ReLU block (3×3, circular padding, ``channels`` in and out) whose raw
     weights are :math:`\\mathcal N(0,\\text{raw\\_scale}^2\\cdot 2/\\text{fan-in})`; with
     ``standardize`` the conv uses sWS (γ₀ = 2). Input: post-ReLU Gaussian features (non-zero
-    mean, as inside a network). Returns the :class:`~gnelib.probes.jacobian.JacobianMoments`."""
+    mean, as inside a network). Returns the :class:`~gnelib.probes.jacobian.JacobianMoments`
+    and the fraction ``p_hat`` of positive pre-activations at that input.
+
+    Used in: bdi, §"Scaled weight standardisation gives φ = 1 at any weight scale"."""
     from gnelib.nn.convs import SWSConv2d
     gen = torch.Generator().manual_seed(seed)
     cls = SWSConv2d if standardize else nn.Conv2d
-    conv = cls(channels, channels, 3, padding=1, padding_mode="circular", bias=False).double()
+    conv = cls(channels, channels, 3, padding=0, bias=False).double()
     with torch.no_grad():
         conv.weight.normal_(0.0, raw_scale * math.sqrt(2 / (9 * channels)), generator=gen)
     x = torch.relu(torch.randn(batch, channels, size, size, generator=gen, dtype=torch.float64))
-    return jacobian_moments(lambda t: torch.relu(conv(t)), x, probes=probes, generator=gen)
+
+    def pre(t):  # circular padding by hand: every output row sees all 9 taps
+        return conv(F.pad(t, (1, 1, 1, 1), mode="circular"))
+
+    with torch.no_grad():
+        p_hat = (pre(x) > 0).double().mean().item()
+    return jacobian_moments(lambda t: torch.relu(pre(t)), x, probes=probes, generator=gen), p_hat
+
+
+def weight_layers(model: nn.Module) -> list[nn.Module]:
+    """The conv and linear layers of ``model`` in depth (registration) order."""
+    from gnelib.nn.convs import WEIGHT_LAYERS
+    return [m for m in model.modules() if isinstance(m, WEIGHT_LAYERS)]
 
 
 def init_gradient_norms(make_model, draws: int, input_shape, batch: int = 32,
@@ -159,10 +213,35 @@ def init_gradient_norms(make_model, draws: int, input_shape, batch: int = 32,
         x = torch.randn(batch, *input_shape, generator=gen)
         y = torch.randint(0, num_classes, (batch,), generator=gen)
         loss = F.cross_entropy(model(x), y)
-        layers = [m.weight for m in model.weight_layers()]
+        layers = [m.weight for m in weight_layers(model)]
         grads = torch.autograd.grad(loss, layers)
         rows.append([g.pow(2).sum().item() for g in grads])
     return np.array(rows)
+
+
+def serial_blocks(model) -> list[nn.Module]:
+    """The conv→activation blocks of an un-normalised :class:`~gnelib.nn.convnets.SerialNet`
+    (its ``features`` in consecutive pairs)."""
+    f = list(model.features)
+    if len(f) % 2:
+        raise ValueError("serial_blocks needs a SerialNet without normalisation layers")
+    return [nn.Sequential(f[i], f[i + 1]) for i in range(0, len(f), 2)]
+
+
+def conv_block_moments(model, x: torch.Tensor, probes: int = 8,
+                       generator: torch.Generator | None = None) -> np.ndarray:
+    """(φ, φ₂) of every conv→activation block's Jacobian of an un-normalised serial net, each at
+    the input it receives from ``x`` (Hutchinson probes, :func:`~gnelib.probes.jacobian.
+    jacobian_moments`): an array (blocks, 2).
+
+    Used in: bdi, §"Per-layer gradient norms at initialisation in the serial network"."""
+    h, out = x, []
+    for block in serial_blocks(model):
+        m = jacobian_moments(block, h, probes=probes, generator=generator)
+        out.append((m.phi1, m.phi2))
+        with torch.no_grad():
+            h = block(h)
+    return np.array(out)
 
 
 def smn_bn_timing(shapes, repeats: int = 5, device: str | torch.device = "cpu",
@@ -195,161 +274,368 @@ def smn_bn_timing(shapes, repeats: int = 5, device: str | torch.device = "cpu",
 
 
 # --------------------------------------------------------------------------------------
-# Registered experiments (gnelib.runs.registry / gnelib.runs.store): the chapter's serial and
-# residual Jacobian-moment measurements as configuration -> JSON-able record. Profile
-# defaults are read from SIZES["bdi"], the one source of the chapter's sizes.
+# Registered experiments (gnelib.runs.registry / gnelib.runs.store). Each profile table is the
+# one source of that run's sizes; the chapter only overrides the factor it varies.
 # --------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class MLPMomentsConfig:
-    """A deep MLP ``act(W x)`` of ``depth`` blocks at width ``width`` (see :func:`mlp_moments`)."""
+class MLPMomentsConfig(Config):
+    """Deep MLPs ``act(W x)`` at each width of ``widths``, moments recorded after each depth of
+    ``depths`` (see :func:`mlp_pass`). ``gain`` 0 means the selection rule :func:`rule_gain`."""
 
-    width: int = 256
-    depth: int = 16
-    init: str = "gaussian"
-    activation: str = "relu"
-    slope: float = 0.0
-    gain: float = math.sqrt(2)
-    seeds: int = 10
-    batch: int = 4
-    seed: int = 0
-
-    def __post_init__(self):
-        check_choice("init", self.init, ("gaussian", "orthogonal"))
-        check_choice("activation", self.activation, ("relu", "leaky_relu"))
-        check_positive("gain", self.gain)
-        for f in ("width", "depth", "batch"):
-            check_positive_int(f, getattr(self, f))
-        check_positive_int("seeds", self.seeds, minimum=2)
-        check_positive_int("seed", self.seed, minimum=0)
+    widths: tuple[int, ...] = param((128, 256), positive=True)
+    depths: tuple[int, ...] = param((1, 2, 4, 8, 16), positive=True)
+    init: str = param("gaussian", choices=("gaussian", "orthogonal"))
+    activation: str = param("relu", choices=("relu", "leaky_relu"))
+    slope: float = param(0.0, minimum=0.0)
+    gain: float = param(0.0, minimum=0.0)
+    seeds: int = param(16, minimum=2)
+    batch: int = param(4, positive=True)
+    seed: int = param(0, minimum=0)
 
 
 @register("bdi_mlp_moments", MLPMomentsConfig,
-          profiles=profiles_from_sizes("bdi", {"width": "mlp_width", "depth": lambda z: z["depths"][-1],
-                                  "seeds": "seeds", "batch": "batch"}))
+          profiles={"smoke": dict(widths=(32, 64), depths=(1, 2, 4, 8), seeds=48),
+                    "book": dict(widths=(64, 128), depths=(1, 2, 4, 8, 16), seeds=40),
+                    "full": dict(widths=(256, 512), depths=(1, 2, 4, 8, 16, 32), seeds=64)})
 def bdi_mlp_moments(config: MLPMomentsConfig) -> dict:
-    """Exact φ(JJᵀ) and φ((JJᵀ)²) of a deep MLP's input-output Jacobian per independent
-    network (:func:`mlp_moments`), to compare with the multiplication theorem (Chen et al.
-    2020; :func:`gnelib.theory.moments.serial`): ``phi``, ``phi2`` and ``relative_variance`` (φ₂/φ² − 1), one entry
-    per seed."""
-    a = mlp_moments(config.width, config.depth, config.init, config.activation,
-                    slope=config.slope, gain=config.gain, seeds=config.seeds,
-                    batch=config.batch, seed=config.seed)
-    return {"phi": a[:, 0].tolist(), "phi2": a[:, 1].tolist(),
-            "relative_variance": (a[:, 1] / a[:, 0] ** 2 - 1).tolist()}
+    """Exact φ(JJᵀ) and φ((JJᵀ)²) of deep MLPs' input-output Jacobians (:func:`mlp_pass`), to
+    compare with the multiplication theorem (:func:`gnelib.theory.moments.serial`) and to
+    measure its finite-width excess: ``phi[w][d][s]`` and ``phi2[w][d][s]`` for width index w,
+    depth index d and seed s (network s at every width is seeded ``1000·seed + s``)."""
+    gain = config.gain or rule_gain(config.activation, config.slope)
+    phi, phi2 = [], []
+    for width in config.widths:
+        runs = [mlp_pass(width, config.depths, config.init, config.activation, config.slope,
+                         gain, None, config.batch,
+                         torch.Generator().manual_seed(config.seed * 1000 + s))
+                for s in range(config.seeds)]
+        phi.append([[r["phi"][d] for r in runs] for d in range(len(config.depths))])
+        phi2.append([[r["phi2"][d] for r in runs] for d in range(len(config.depths))])
+    return {"widths": list(config.widths), "depths": list(config.depths), "gain": gain,
+            "phi": phi, "phi2": phi2}
 
 
 @dataclass(frozen=True)
-class ResidualMomentsConfig:
-    """``blocks`` residual blocks x + s W₂ relu(s W₁ x) at width ``width`` (see
-    :func:`residual_moments`)."""
+class SeluMomentsConfig(Config):
+    """SeLU MLPs with :math:`\\mathcal N(0,1/n)` weights; ``eps`` < 0 means the standard SeLU,
+    otherwise the depth-aware coefficients :func:`~gnelib.theory.moments.selu_coefficients`."""
 
-    width: int = 128
-    blocks: int = 27
-    scale: float = 1.0
-    seeds: int = 5
-    batch: int = 4
-    seed: int = 0
+    width: int = param(256, positive=True)
+    depth: int = param(32, positive=True)
+    eps: float = param(0.03)
+    seeds: int = param(12, minimum=2)
+    batch: int = param(4, positive=True)
+    seed: int = param(0, minimum=0)
 
-    def __post_init__(self):
-        check_positive("scale", self.scale)
-        for f in ("width", "blocks", "batch"):
-            check_positive_int(f, getattr(self, f))
-        check_positive_int("seeds", self.seeds, minimum=2)
-        check_positive_int("seed", self.seed, minimum=0)
+
+@register("bdi_selu_moments", SeluMomentsConfig,
+          profiles={"smoke": dict(width=96, depth=16, seeds=16),
+                    "book": dict(width=192, depth=32, seeds=16),
+                    "full": dict(width=512, depth=32, seeds=32)})
+def bdi_selu_moments(config: SeluMomentsConfig) -> dict:
+    """End-to-end φ, φ₂ of SeLU MLPs and their per-layer forward statistics (:func:`mlp_pass`):
+    ``phi``/``phi2`` one per seed; ``q`` (pre-activation second moment), ``mean`` and ``m2``
+    (activation mean and second moment) one list over layers per seed."""
+    eps = None if config.eps < 0 else config.eps
+    runs = [mlp_pass(config.width, (config.depth,), "gaussian", "selu", 0.0, 1.0, eps,
+                     config.batch, torch.Generator().manual_seed(config.seed * 1000 + s))
+            for s in range(config.seeds)]
+    return {"phi": [r["phi"][0] for r in runs], "phi2": [r["phi2"][0] for r in runs],
+            "q": [r["q"] for r in runs], "mean": [r["mean"] for r in runs],
+            "m2": [r["m2"] for r in runs]}
+
+
+@dataclass(frozen=True)
+class ResidualMomentsConfig(Config):
+    """``blocks`` residual blocks x + s W₂ relu(s W₁ x) at width ``width`` with
+    :math:`s=\\text{blocks}^{-p/4}` (p = 0: s = 1; see :func:`residual_moments`)."""
+
+    width: int = param(128, positive=True)
+    blocks: int = param(27, positive=True)
+    p: float = param(2.0, minimum=0.0)
+    seeds: int = param(8, minimum=2)
+    batch: int = param(4, positive=True)
+    seed: int = param(0, minimum=0)
 
 
 @register("bdi_residual_moments", ResidualMomentsConfig,
-          profiles=profiles_from_sizes("bdi", {"width": "res_width", "seeds": "res_seeds", "batch": "batch"}))
+          profiles={"smoke": dict(width=64, seeds=12), "book": dict(width=128, seeds=16),
+                    "full": dict(width=256, seeds=32)})
 def bdi_residual_moments(config: ResidualMomentsConfig) -> dict:
     """Exact φ(JJᵀ) and φ((JJᵀ)²) of a stack of scaled residual blocks per independent draw
     (:func:`residual_moments`), to compare with the addition and multiplication theorems and
-    the shallow-network trick (Chen et al. 2020; :func:`gnelib.theory.moments.residual`): ``phi``, ``phi2`` and
-    ``relative_variance``, one entry per seed."""
-    a = residual_moments(config.width, config.blocks, config.scale, seeds=config.seeds,
+    the shallow-network trick (:func:`gnelib.theory.moments.residual`): ``scale``, and ``phi``,
+    ``phi2`` one entry per seed."""
+    s = float(config.blocks) ** (-config.p / 4)
+    a = residual_moments(config.width, config.blocks, s, seeds=config.seeds,
                          batch=config.batch, seed=config.seed)
-    return {"phi": a[:, 0].tolist(), "phi2": a[:, 1].tolist(),
-            "relative_variance": (a[:, 1] / a[:, 0] ** 2 - 1).tolist()}
+    return {"scale": s, "phi": a[:, 0].tolist(), "phi2": a[:, 1].tolist()}
 
 
 @dataclass(frozen=True)
-class NormalizedStackConfig:
-    """``draws`` Linear→norm→ReLU stacks of ``depth`` blocks with frozen batch statistics
-    (see :func:`normalized_stack_phi`)."""
+class NormalizedStackConfig(Config):
+    """Linear→norm→ReLU stacks of ``depth`` blocks with frozen batch statistics at every
+    (width, batch) pair of ``widths`` × ``batches`` (see :func:`normalized_stack_phi`)."""
 
-    width: int = 256
-    batch: int = 512
-    depth: int = 10
-    norm: str = "bn"
-    centred: bool = False
-    draws: int = 3
-    seed: int = 0
-
-    def __post_init__(self):
-        check_choice("norm", self.norm, ("bn", "smn"))
-        for f in ("width", "depth"):
-            check_positive_int(f, getattr(self, f))
-        check_positive_int("batch", self.batch, minimum=2)
-        check_positive_int("draws", self.draws)
-        check_positive_int("seed", self.seed, minimum=0)
+    widths: tuple[int, ...] = param((256, 512), positive=True)
+    batches: tuple[int, ...] = param((128, 512), minimum=4)
+    depth: int = param(6, minimum=2)
+    norm: str = param("bn", choices=("bn", "smn"))
+    centred: bool = param(False)
+    draws: int = param(12, minimum=2)
+    seed: int = param(0, minimum=0)
 
 
 @register("bdi_normalized_stack", NormalizedStackConfig,
-          profiles=profiles_from_sizes("bdi", {"width": lambda z: z["stack_widths"][-1], "batch": "stack_batch",
-                                  "depth": "stack_depth", "draws": "stack_seeds"}))
+          profiles={"smoke": dict(widths=(128, 256), batches=(64, 256), draws=10),
+                    "book": dict(widths=(128, 256), batches=(128, 512), draws=10),
+                    "full": dict(widths=(512, 1024, 2048), batches=(128, 512, 2048), draws=16)})
 def bdi_normalized_stack(config: NormalizedStackConfig) -> dict:
     """Exact per-block φ(JJᵀ) of BN/SMN stacks with frozen batch statistics
     (:func:`normalized_stack_phi`), to compare with the BN rate π/(π−1) (our derivation from
-    the second-moment lemma): ``phi`` holds one list of ``depth`` per-block values per draw,
-    draw ``d`` seeded ``100·seed + d``."""
-    return {"phi": [normalized_stack_phi(config.width, config.batch, config.depth, config.norm,
-                                         config.centred, seed=config.seed * 100 + d).tolist()
-                    for d in range(config.draws)]}
+    the second-moment lemma): ``phi[w][b][d]`` is the mean over blocks 2..depth (the first
+    block sees Gaussian, not post-ReLU, input) of draw d at width index w and batch index b."""
+    phi = [[[float(normalized_stack_phi(w, b, config.depth, config.norm, config.centred,
+                                        seed=config.seed * 100 + d)[1:].mean())
+             for d in range(config.draws)] for b in config.batches] for w in config.widths]
+    return {"widths": list(config.widths), "batches": list(config.batches), "phi": phi}
+
+
+def _serial_net(width, norm, init, activation, slope, selu_eps, gen, blocks=5, in_channels=3,
+                dims=2):
+    from gnelib.nn.convnets import SerialNet
+    return SerialNet(in_channels=in_channels, width=width, blocks=blocks, norm=norm, init=init,
+                     activation=activation, slope=slope,
+                     selu_eps=None if selu_eps < 0 else selu_eps, dims=dims, generator=gen)
+
+
+def _conv_checks(config):
+    from gnelib.nn.convnets import CONV_ACTIVATIONS
+    check_choice("activation", config.activation, CONV_ACTIVATIONS)
+    allowed = ("bn", "smn", "fixup") if config.arch == "resnet" else ("bn", "smn", "sws", "l1", "none")
+    check_choice(f"norm for arch {config.arch!r}", config.norm, allowed)
 
 
 @dataclass(frozen=True)
-class SerialGradientsConfig:
+class SerialGradientsConfig(Config):
     """``draws`` fresh :class:`~gnelib.nn.convnets.SerialNet` models at initialisation on
     ``image``×``image`` Gaussian inputs (see :func:`init_gradient_norms`). ``slope`` is used
     by the leaky activations only; ``selu_eps`` < 0 means the standard SeLU."""
 
-    width: int = 8
-    norm: str = "none"
-    init: str = "kaiming"
-    activation: str = "relu"
-    slope: float = 0.18
-    selu_eps: float = -1.0
-    image: int = 16
-    batch: int = 32
-    draws: int = 8
-    seed: int = 0
+    arch: str = param("serial", choices=("serial", "resnet"))
+    blocks: int = param(5, positive=True)
+    width: int = param(8, positive=True)
+    norm: str = param("none", choices=("bn", "smn", "sws", "l1", "none", "fixup"))
+    init: str = param("kaiming", choices=CONV_INITS)
+    activation: str = param("relu")
+    slope: float = param(0.18, minimum=0.0)
+    selu_eps: float = param(-1.0)
+    image: int = param(16, positive=True)
+    batch: int = param(32, positive=True)
+    draws: int = param(30, minimum=2)
+    seed: int = param(0, minimum=0)
 
     def __post_init__(self):
-        from gnelib.nn.init import CONV_INITS
-        from gnelib.nn.convnets import CONV_ACTIVATIONS, NORMS
-        check_choice("norm", self.norm, NORMS)
-        check_choice("init", self.init, CONV_INITS)
-        check_choice("activation", self.activation, CONV_ACTIVATIONS)
-        for f in ("width", "image", "batch", "draws"):
-            check_positive_int(f, getattr(self, f))
-        check_positive_int("seed", self.seed, minimum=0)
+        super().__post_init__()
+        _conv_checks(self)
 
 
 @register("bdi_serial_gradients", SerialGradientsConfig,
-          profiles=profiles_from_sizes("bdi", {"width": "net_width", "image": "net_image",
-                                  "batch": "net_batch", "draws": "net_draws"}))
+          profiles={"smoke": dict(width=8, image=8, batch=8, draws=16),
+                    "book": dict(width=8, image=8, batch=16, draws=32),
+                    "full": dict(width=16, image=32, batch=128, draws=64)})
 def bdi_serial_gradients(config: SerialGradientsConfig) -> dict:
     """Per-layer squared weight-gradient norms of Chen et al.'s serial network at
     initialisation (:func:`init_gradient_norms`, the paper's gradient figure taken at
     initialisation): ``grad_sq_norms`` holds one list (layers in depth order) per draw."""
-    from gnelib.nn.convnets import SerialNet
-
     def make(gen):
-        return SerialNet(width=config.width, norm=config.norm, init=config.init,
-                         activation=config.activation, slope=config.slope,
-                         selu_eps=None if config.selu_eps < 0 else config.selu_eps,
-                         generator=gen)
+        if config.arch == "resnet":
+            from gnelib.nn.convnets import ResNet
+            return ResNet(width=config.width, blocks=config.blocks, norm=config.norm,
+                          generator=gen)
+        return _serial_net(config.width, config.norm, config.init, config.activation,
+                           config.slope, config.selu_eps, gen, config.blocks)
 
     a = init_gradient_norms(make, config.draws, (3, config.image, config.image),
                             batch=config.batch, seed=config.seed)
     return {"grad_sq_norms": a.tolist()}
+
+
+@dataclass(frozen=True)
+class ResNetGradientsConfig(SerialGradientsConfig):
+    """:class:`SerialGradientsConfig` for the CIFAR ResNet family (ResNet-20 at ``blocks=3``,
+    ResNet-56 at ``blocks=9``; norm ∈ bn/smn/fixup)."""
+
+    arch: str = param("resnet", choices=("serial", "resnet"))
+    blocks: int = param(3, positive=True)
+    norm: str = param("bn", choices=("bn", "smn", "sws", "l1", "none", "fixup"))
+
+
+@register("bdi_resnet_gradients", ResNetGradientsConfig,
+          profiles={"smoke": dict(blocks=1, width=8, image=8, batch=8, draws=16),
+                    "book": dict(blocks=3, width=8, image=8, batch=16, draws=16),
+                    "full": dict(blocks=9, width=16, image=32, batch=128, draws=32)})
+def bdi_resnet_gradients(config: ResNetGradientsConfig) -> dict:
+    """Per-layer squared weight-gradient norms of the ResNet at initialisation
+    (:func:`bdi_serial_gradients` with ``arch='resnet'``): ``grad_sq_norms`` one list per draw."""
+    return bdi_serial_gradients(config)
+
+
+@dataclass(frozen=True)
+class ConvBlockMomentsConfig(Config):
+    """Per-block Jacobian moments of un-normalised serial nets at each width of ``widths``."""
+
+    widths: tuple[int, ...] = param((8, 16, 32), positive=True)
+    init: str = param("kaiming", choices=CONV_INITS)
+    activation: str = param("relu")
+    slope: float = param(0.18, minimum=0.0)
+    image: int = param(16, positive=True)
+    batch: int = param(2, positive=True)
+    probes: int = param(4, minimum=2)
+    draws: int = param(6, minimum=2)
+    seed: int = param(0, minimum=0)
+
+    def __post_init__(self):
+        super().__post_init__()
+        from gnelib.nn.convnets import CONV_ACTIVATIONS
+        check_choice("activation", self.activation, CONV_ACTIVATIONS)
+
+
+@register("bdi_conv_block_moments", ConvBlockMomentsConfig,
+          profiles={"smoke": dict(widths=(8, 16), image=8, draws=3),
+                    "book": dict(widths=(8, 16, 32), image=8, draws=4),
+                    "full": dict(widths=(8, 16, 32, 64), image=32, draws=16, probes=8)})
+def bdi_conv_block_moments(config: ConvBlockMomentsConfig) -> dict:
+    """(φ, φ₂) of each conv→activation block of an un-normalised serial net at
+    initialisation (:func:`conv_block_moments`, Gaussian inputs): ``phi[w][d]`` and
+    ``phi2[w][d]`` one list over the 31 blocks for width index w and draw d."""
+    phi, phi2 = [], []
+    for width in config.widths:
+        pw, p2w = [], []
+        for d in range(config.draws):
+            gen = torch.Generator().manual_seed(config.seed * 1000 + d)
+            model = _serial_net(width, "none", config.init, config.activation, config.slope,
+                                -1.0, gen).double()
+            x = torch.randn(config.batch, 3, config.image, config.image, generator=gen,
+                            dtype=torch.float64)
+            a = conv_block_moments(model, x, probes=config.probes, generator=gen)
+            pw.append(a[:, 0].tolist())
+            p2w.append(a[:, 1].tolist())
+        phi.append(pw)
+        phi2.append(p2w)
+    return {"widths": list(config.widths), "phi": phi, "phi2": phi2}
+
+
+@dataclass(frozen=True)
+class TrainConfig(Config):
+    """SGD training of the serial net (``arch='serial'``, norm ∈ bn/smn/sws/l1/none) or the
+    CIFAR ResNet-(6·blocks+2) (``arch='resnet'``, norm ∈ bn/smn/fixup) on MNIST-1D with 1-d
+    convolutions (or CIFAR-10 with ``dataset='cifar10'``), momentum 0.9, weight decay 5e-4.
+    Per-layer squared weight-gradient norms of the training batch are recorded every
+    ``grad_every`` steps."""
+
+    arch: str = param("serial", choices=("serial", "resnet"))
+    dataset: str = param("mnist1d", choices=("mnist1d", "cifar10"))
+    blocks: int = param(5, positive=True)
+    width: int = param(8, positive=True)
+    norm: str = param("none", choices=("bn", "smn", "sws", "l1", "none", "fixup"))
+    init: str = param("kaiming", choices=CONV_INITS)
+    activation: str = param("relu")
+    slope: float = param(0.18, minimum=0.0)
+    selu_eps: float = param(-1.0)
+    steps: int = param(300, positive=True)
+    lr: float = param(0.02, positive=True)
+    batch_size: int = param(64, positive=True)
+    n_train: int = param(4000, positive=True)
+    eval_every: int = param(50, positive=True)
+    grad_every: int = param(10, positive=True)
+    seeds: int = param(3, positive=True)
+    seed: int = param(0, minimum=0)
+
+    def __post_init__(self):
+        super().__post_init__()
+        from gnelib.nn.convnets import CONV_ACTIVATIONS
+        check_choice("activation", self.activation, CONV_ACTIVATIONS)
+        _conv_checks(self)
+
+
+_TRAIN_PROFILES = {
+    "smoke": dict(blocks=2, width=4, steps=30, batch_size=32, n_train=512, eval_every=10,
+                  grad_every=5, seeds=3),
+    "book": dict(blocks=2, width=8, steps=250, batch_size=32, eval_every=50, grad_every=10,
+                 seeds=3),
+    "full": dict(dataset="cifar10", blocks=5, width=16, steps=50000, batch_size=128, lr=0.01,
+                 n_train=50000, eval_every=1000, grad_every=100, seeds=4)}
+
+
+def _train_one(config, seed: int, device, progress) -> dict:
+    from gnelib.data import cifar10, mnist1d
+    from gnelib.nn.convnets import ResNet
+    from gnelib.training import train
+
+    if config.dataset == "cifar10":
+        data, in_ch, dims = cifar10(), 3, 2
+    else:
+        data, in_ch, dims = mnist1d(), 1, 1
+        data.x_train, data.x_test = data.x_train.unsqueeze(1), data.x_test.unsqueeze(1)
+    data = data.subset(config.n_train)
+    gen = torch.Generator().manual_seed(seed)
+    if config.arch == "serial":
+        model = _serial_net(config.width, config.norm, config.init, config.activation,
+                            config.slope, config.selu_eps, gen, config.blocks, in_ch, dims)
+    else:
+        model = ResNet(in_channels=in_ch, width=config.width, blocks=config.blocks,
+                       norm=config.norm, dims=dims, generator=gen)
+    layers = [m.weight for m in weight_layers(model)]
+    grad_step, grads = [], []
+
+    def record(step, _model, _loss):
+        if step == 1 or step % config.grad_every == 0:
+            grad_step.append(step)
+            grads.append([float(w.grad.pow(2).sum()) if w.grad is not None else 0.0
+                          for w in layers])
+
+    hist = train(model, data, config.steps, batch_size=config.batch_size, lr=config.lr,
+                 momentum=0.9, weight_decay=5e-4, device=device, generator=gen,
+                 eval_every=config.eval_every, progress=progress, desc="bdi_train",
+                 callback=record)
+    return {"eval_step": hist.eval_step, "test_accuracy": hist.test_accuracy,
+            "final_accuracy": hist.test_accuracy[-1] if hist.test_accuracy else None,
+            "diverged_step": hist.diverged_step, "grad_step": grad_step, "grad_sq_norms": grads}
+
+
+@register("bdi_train", TrainConfig, profiles=_TRAIN_PROFILES)
+def bdi_train(config: TrainConfig, device="cpu", progress: bool = False) -> dict:
+    """Train ``seeds`` networks (seed ``1000·seed + s``; :func:`~gnelib.training.train`) and
+    return, per seed (``runs``), the test-accuracy history (``eval_step``, ``test_accuracy``,
+    ``final_accuracy``, ``diverged_step``) and the per-layer squared gradient norms of the
+    training batch (``grad_step``, ``grad_sq_norms``: one list over weight layers per recorded
+    step)."""
+    return {"runs": [_train_one(config, config.seed * 1000 + s, device, progress)
+                     for s in range(config.seeds)]}
+
+
+@dataclass(frozen=True)
+class ResNetTrainConfig(TrainConfig):
+    """:class:`TrainConfig` for the CIFAR ResNet family (ResNet-20 at ``blocks=3``, ResNet-56 at
+    ``blocks=9``)."""
+
+    arch: str = param("resnet", choices=("serial", "resnet"))
+    blocks: int = param(3, positive=True)
+    norm: str = param("bn", choices=("bn", "smn", "sws", "l1", "none", "fixup"))
+
+
+@register("bdi_resnet_train", ResNetTrainConfig,
+          profiles={"smoke": dict(blocks=1, width=4, steps=20, batch_size=32, n_train=512,
+                                  eval_every=10, grad_every=2, seeds=1),
+                    "book": dict(blocks=3, width=8, steps=150, batch_size=32, eval_every=50,
+                                 grad_every=5, seeds=1),
+                    "full": dict(dataset="cifar10", blocks=9, width=16, steps=78000,
+                                 batch_size=128, lr=0.1, n_train=50000, eval_every=1000,
+                                 grad_every=100, seeds=4)})
+def bdi_resnet_train(config: ResNetTrainConfig, device="cpu", progress: bool = False) -> dict:
+    """:func:`bdi_train` for the ResNet family (BN, SMN or Fixup-style scaling): per-layer
+    gradient norms during training, the counterpart of the paper's ResNet-56 gradient figure."""
+    return {"runs": [_train_one(config, config.seed * 1000 + s, device, progress)
+                     for s in range(config.seeds)]}

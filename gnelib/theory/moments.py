@@ -27,7 +27,7 @@ from gnelib.base.errors import check_positive, check_positive_int
 __all__ = [
     "Moments", "serial", "parallel", "direct_sum", "identity", "relu", "leaky_relu", "prelu",
     "sprelu", "tanh", "sigmoid", "selu", "selu_coefficients", "SELU_LAMBDA", "SELU_ALPHA",
-    "dense", "conv", "orthogonal", "delta_orthogonal", "batch_norm", "second_moment_norm",
+    "dense", "conv", "orthogonal", "orthogonal_conv", "delta_orthogonal", "batch_norm", "second_moment_norm",
     "l1_moment_norm", "weight_norm", "scaled_weight_standardization", "dropout", "avg_pool",
     "residual", "concatenation", "COMPONENTS",
 ]
@@ -316,6 +316,27 @@ def orthogonal(m: int, n: int, gain: float = 1.0) -> Moments:
     return Moments(g2 * r, g2**2 * r, m / n)
 
 
+def orthogonal_conv(c: int, k: int, gain: float = 1.0, dims: int = 2) -> Moments:
+    """Stride-1 convolution, c channels in and out, whose flattened kernel
+    :math:`W=[W_1\\cdots W_K]\\in\\mathbb R^{c\\times cK}` (K = k^dims taps) has Haar orthonormal
+    rows times g (``torch.nn.init.orthogonal_`` on the kernel), circular padding, large c.
+
+    Our derivation: in Fourier space the Jacobian at frequency ω is :math:`WU_\\omega` with
+    :math:`U_\\omega^*U_\\omega=KI`, so :math:`\\hat J\\hat J^*=K\\,WP_\\omega W^*` with
+    :math:`P_\\omega` a projection of trace ratio 1/K that is free of :math:`W^\\top W=g^2P_W`
+    (also of ratio 1/K). For free projections with traces a, b,
+    :math:`\\tau(PQPQ)=a^2b+ab^2-a^2b^2`, which gives :math:`\\phi_1=g^2` and
+    :math:`\\phi_2=g^4(2-1/K)`: relative variance :math:`1-1/K` (8/9 for 3×3), against
+    :math:`(cK+1)/(cK)\\approx1` for an i.i.d. kernel (:func:`conv`) and 0 for a
+    delta-orthogonal one. Finite c adds corrections of order 1/c, which this large-c entry omits."""
+    c, k = check_positive_int("c", c), check_positive_int("k", k)
+    if dims not in (1, 2):
+        raise ValueError(f"dims must be 1 or 2, got {dims!r}")
+    taps = k**dims
+    g2 = float(gain) ** 2
+    return Moments(g2, g2**2 * (2 - 1 / taps))
+
+
 def delta_orthogonal(c_in: int, c_out: int, gain: float = 1.0) -> Moments:
     """Delta-orthogonal conv kernel (only the centre tap, an orthogonal c_out×c_in matrix times g):
     the Jacobian is that matrix at every pixel, so the moments are :func:`orthogonal`'s."""
@@ -435,6 +456,8 @@ COMPONENTS = {
     "conv, i.i.d. k×k kernel": ("c_in k² σ²", "c_in k²(c_out k²+1)σ⁴",
                                 "c_in = c_out = 16, k = 3, σ² = 1/(9·16)", conv(16, 16, 3, 1 / 144)),
     "orthogonal, gain g": ("g²", "0", "g = 1", orthogonal(256, 256)),
+    "orthogonal conv kernel, K taps (large c)": ("g²", "g⁴(1 − 1/K)", "k = 3 (K = 9), g = 1",
+                                                 orthogonal_conv(16, 3)),
     "delta-orthogonal conv, gain g": ("g²", "0", "g = 1", delta_orthogonal(16, 16)),
     "BN (train), M values": ("(γ²/σ²)(M−2)/M", "(γ⁴/σ⁴)(M−2)/M · 2/M", "M = 512, γ = σ = 1",
                              batch_norm(512)),
