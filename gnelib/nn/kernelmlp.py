@@ -10,15 +10,12 @@ per-step cost of a deep narrow network low. The network equals
 :class:`~gnelib.nn.normnets.NormMLP` with the same raw weights (tested), but it exposes the
 initial gain of every arm:
 
-============  ===========================================  ==================================
-arm           kernel of filter k                            gain parameter ``a`` (init)
-============  ===========================================  ==================================
-``none``      :math:`W_k` (He-initialised, times ``a``)     fixed: scales the He weights
-``centre``    :math:`V_k - m_k\\mathbf 1` (V He times ``a``)  fixed: scales the He raw weights
-``ws``        :math:`\\sqrt{2/n}\\,a\\,(V_k-m_k)/\\sqrt{v_k+\\epsilon}`  fixed (a buffer)
-``pws``       the same                                      learnable :math:`\\alpha_k`
-``wn``        :math:`g_k V_k/\\|V_k\\|`                       learnable :math:`g_k`
-============  ===========================================  ==================================
+- ``none``: the kernel is the He-initialised weight times the gain ``a`` (fixed);
+- ``centre``: :math:`V_k - m_k\\mathbf 1`, with the He raw weight times ``a`` (fixed);
+- ``ws``: :math:`\\sqrt{2/n}\\,a\\,(V_k-m_k\\mathbf 1)/\\sqrt{v_k+\\epsilon}` with ``a`` fixed (a buffer):
+  standardisation with a fixed gain, PWS with alpha frozen;
+- ``pws``: the same with a learnable :math:`\\alpha_k` starting at ``a``;
+- ``wn``: :math:`g_k V_k/\\|V_k\\|` with a learnable :math:`g_k` starting at ``a``.
 
 ``gains="preserving"`` picks ``a`` so that the second moment of the pre-activations is kept
 from layer to layer at initialisation (He's fixed point; centring and standardisation remove
