@@ -9,17 +9,20 @@ STAMP := $(VENV)/.installed
 export TQDM_DISABLE ?= 1
 export PYTHONHASHSEED := 0
 
-.PHONY: all venv book test unit smoke same-record nbval render-smoke check-html bench bench-smoke clean help
+.PHONY: all venv book test unit smoke same-record nbval render-smoke check-html bench bench-smoke bench-book lab clean help
 
 help:
 	@echo "make book   - execute every chapter at the 'book' profile and render HTML (build/book/_build/html)"
 	@echo "make test   - unit tests, smoke execution, nbval re-execution, strict book build"
-	@echo "make bench  - the benchmark suite (about 5 min on 2 cores); results in data/results/bench/"
+	@echo "make lab    - JupyterLab at the 'smoke' profile: chapters open as notebooks (GNE_PROFILE=book make lab for book sizes)"
+	@echo "make bench  - the benchmark suite (about 10 min on 2 cores); results in data/results/bench/"
+	@echo "make bench-book - the book-sized suite the Performance page falls back on (a few min)"
 	@echo "make clean  - remove build outputs (keeps .venv and data/)"
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt tools/lab-overrides.json5
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[book,test]'
+	install -D -m 644 tools/lab-overrides.json5 $(VENV)/share/jupyter/lab/settings/overrides.d/gnebook.json5
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -47,10 +50,20 @@ nbval: $(STAMP)
 	  --nbval-sanitize-with tests/nbval_sanitize.cfg build/smoke/notebooks/*.ipynb
 
 bench: $(STAMP)
-	$(BIN)/python -m benchmarks --all $(BENCH_ARGS)
+	$(BIN)/python -m gnelib.bench --all $(BENCH_ARGS)
+
+# the book-sized suite the Performance page shows when no full record exists (a few minutes)
+bench-book: $(STAMP)
+	$(BIN)/python -m gnelib.bench --all --book $(BENCH_ARGS)
 
 bench-smoke: $(STAMP)
-	$(BIN)/python -m benchmarks --all --smoke $(BENCH_ARGS)
+	$(BIN)/python -m gnelib.bench --all --smoke $(BENCH_ARGS)
+
+# JupyterLab on this checkout (jupytext opens book/chapters/*.md as notebooks and saves them
+# back to the .md); the chapters' parameters cell reads GNE_PROFILE. Open the printed URL.
+lab: export GNE_PROFILE ?= smoke
+lab: $(STAMP)
+	$(BIN)/jupyter lab --no-browser $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 render-smoke: $(STAMP)
 	$(BIN)/python tools/book.py render --profile smoke

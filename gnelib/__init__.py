@@ -21,9 +21,9 @@ from gnelib.probes.jacobian import activation_gradient_norms, block_moments
 from gnelib.theory.relu import relu_block_phi, relu_block_relative_variance, relu_block_scale
 from gnelib.theory import moments
 from gnelib.theory.moments import Moments, selu_coefficients
-from gnelib.nn.convs import CenteredConv1d, CenteredConv2d, SWSConv1d, SWSConv2d, SWSLinear, centered_weight, standardized_weight
+from gnelib.nn.convs import SWSConv1d, SWSConv2d, SWSLinear, standardized_weight
 from gnelib.nn.norms import L1MomentNorm, SecondMomentNorm, second_moment_norm
-from gnelib.nn.init_conv import CONV_INITS, delta_orthogonal_, fixup_scale, haar_orthogonal_, init_model_
+from gnelib.nn.init import CONV_INITS, delta_orthogonal_, fixup_scale, haar_orthogonal_, init_model_
 from gnelib.nn.convs import (CentredConv1d, CentredConv2d, PWSConv1d, PWSConv2d, WSConv1d, WSConv2d,
                   centred_kernel, pws_kernel, wn_conv, wn_linear, ws_kernel)
 from gnelib.nn.normnets import NORMS, NormMLP, PlainConvNet, PWSResNet

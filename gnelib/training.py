@@ -4,6 +4,7 @@ raised."""
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field
 
 import torch
@@ -13,7 +14,42 @@ from tqdm import tqdm
 from gnelib.data import Dataset
 from gnelib.base.errors import check_positive, check_positive_int
 
-__all__ = ["History", "train", "evaluate"]
+__all__ = ["History", "train", "evaluate", "progress_bar"]
+
+#: Seconds between two progress lines when the output is not a terminal (a captured log).
+LOG_INTERVAL = 10.0
+
+
+class _Lines:
+    """A file for tqdm that turns each redraw (``\r`` + bar) into a line of its own, so a
+    captured log (not a terminal) shows the progress instead of one overwritten line."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text):
+        text = text.replace("\r", "").replace("\x1b[A", "").strip()
+        if text:
+            self.stream.write(text + "\n")
+
+    def flush(self):
+        self.stream.flush()
+
+
+def progress_bar(iterable=None, total: int | None = None, desc: str = "", disable: bool = False,
+                 stream=None, **kwargs):
+    """A tqdm progress bar on ``stream`` (default ``sys.stderr``). On a terminal it redraws
+    in place and disappears when done; elsewhere (a log file, a notebook's captured stream) it
+    writes a line at most every :data:`LOG_INTERVAL` seconds and a last line at the end.
+    Other keyword arguments go to tqdm."""
+    stream = sys.stderr if stream is None else stream
+    tty = hasattr(stream, "isatty") and stream.isatty()
+    if tty:
+        return tqdm(iterable, total=total, desc=desc, disable=disable, leave=False, file=stream,
+                    **kwargs)
+    return tqdm(iterable, total=total, desc=desc, disable=disable, leave=True, file=_Lines(stream),
+                mininterval=LOG_INTERVAL, maxinterval=LOG_INTERVAL, miniters=1, ncols=100,
+                ascii=True, **kwargs)
 
 
 @dataclass
@@ -91,7 +127,7 @@ def train(model: nn.Module, data: Dataset, steps: int, batch_size: int = 64, lr:
     hist = History()
     eval_every = eval_every or steps
     order, pos = torch.randperm(n, generator=g), 0
-    bar = tqdm(range(1, steps + 1), desc=desc, disable=not progress, leave=False)
+    bar = progress_bar(range(1, steps + 1), total=steps, desc=desc, disable=not progress)
     for step in bar:
         if pos + bs > n:
             order, pos = torch.randperm(n, generator=g), 0

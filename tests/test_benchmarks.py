@@ -10,15 +10,13 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from benchmarks import SUITES, runner  # noqa: E402
-from benchmarks import __main__ as cli  # noqa: E402
-from benchmarks import harness, report  # noqa: E402
+from gnelib.bench import SUITES, runner
+from gnelib.bench import __main__ as cli
+from gnelib.bench import harness, report
 
-import gnelib  # noqa: E402
-from gnelib.nn import fast  # noqa: E402
+import gnelib
+from gnelib.nn import fast
 
 TINY = harness.Settings(min_run_time=0.002, rounds=3, warmup=1, smoke=True)
 
@@ -171,7 +169,7 @@ def test_compiled_smn_matches_the_library_smn(kw):
 
 
 def test_like_for_like_batch_norm_closed_form_matches_autograd():
-    from benchmarks.bench_smn import (batch_norm_plain, bn_backward, bn_forward,
+    from gnelib.bench.bench_smn import (batch_norm_plain, bn_backward, bn_forward,
                                       bn_forward_two_pass)
 
     gen = torch.Generator().manual_seed(3)

@@ -71,9 +71,32 @@ def test_paper_moments_E1_E2():
         assert haar_moment([0, 1, 2], [0, 1, 2], d) == 0.0  # odd degree
 
 
+def test_small_d_pseudo_inverse():
+    """For d < m the Gram matrix is singular; with its pseudo-inverse the moments stay exact."""
+    assert haar_moment([0] * 6, [0] * 6, 2, exact=True) == F(5, 16)  # E cos^6 on O(2)
+    assert haar_moment([0] * 4, [0] * 4, 1, exact=True) == 1  # O(1) = {+1, -1}
+    assert haar_moment([0, 0, 1, 1], [0, 1, 0, 1], 2, exact=True) == F(-1, 8)
+    assert haar_moment([0] * 8, [0, 0, 1, 1, 0, 0, 1, 1], 2, exact=True) == F(3, 128)  # E c^4 s^4
+    assert haar_moment([0] * 8, [0] * 8, 3, exact=True) == F(105, 3 * 5 * 7 * 9)
+    W = haar_orthogonal(3, generator=torch.Generator().manual_seed(4), batch=40000).numpy()
+    for rows, cols in [([0, 0, 1, 1, 2, 2, 0, 1], [0, 1, 1, 2, 2, 0, 0, 1]),
+                       ([0, 0, 1, 1, 2, 2, 0, 0], [0, 1, 0, 1, 2, 2, 2, 2])]:
+        s = np.prod(W[:, rows, cols], axis=1)
+        exact = haar_moment(rows, cols, 3)
+        assert abs(s.mean() - exact) < 4.5 * s.std(ddof=1) / np.sqrt(len(s)), (rows, cols, exact)
+
+
+def test_caps_and_larger_m():
+    with pytest.raises(ValueError, match="m <= 8"):
+        weingarten_orthogonal((9,), 12)
+    with pytest.raises(ValueError, match="degree <= 16"):
+        haar_moment([0] * 18, [0] * 18, 20)
+    # sphere moments at m = 6 through the all-equal shortcut, exact
+    assert haar_moment([0] * 12, [0] * 12, 9, exact=True) == F(double_factorial(11),
+                                                                 prod(9 + 2 * i for i in range(6)))
+
+
 def test_errors():
-    with pytest.raises(ValueError, match="d must be >= m"):
-        weingarten_orthogonal((2, 1), 2)
     with pytest.raises(ValueError, match="partition"):
         weingarten_orthogonal((0, 2), 5)
     with pytest.raises(ValueError, match="partition"):
@@ -82,8 +105,7 @@ def test_errors():
         weingarten_orthogonal((1,), 0)
     with pytest.raises(ValueError, match="indices"):
         haar_moment([0, 5], [0, 0], 3)
-    with pytest.raises(ValueError, match="d must be >= m"):
-        haar_moment([0, 0, 0, 0, 0, 0], [0, 1, 0, 1, 0, 1], 2)
+    assert haar_moment([0, 0, 0, 0, 0, 0], [0, 1, 0, 1, 0, 1], 2) == 0.0  # odd column counts
 
 
 # Monte Carlo: each index pattern (rows, cols) is compared with its exact moment.

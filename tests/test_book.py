@@ -1,6 +1,8 @@
 """Structure of the book: every chapter in the toc is a MyST notebook whose first code cell
 is tagged `parameters` and reads the profile from GNE_PROFILE, and papermill can override it."""
 import importlib.util
+import re
+import statistics
 from pathlib import Path
 
 import jupytext
@@ -42,3 +44,25 @@ def test_first_code_cell_is_the_parameters_cell(path, tmp_path):
 def test_unknown_chapter_is_a_clear_error(capsys):
     assert book_tool.main(["execute", "--profile", "smoke", "--chapter", "nope"]) == 2
     assert "unknown chapter 'nope': allowed values are" in capsys.readouterr().err
+
+
+STYLE = re.compile(r"^\s*(ax|axes|fig|plt|leg|cb)\b|\.set_|\.set\(|\.legend\(|\.annotate\(|\.text\(|"
+                   r"\.tick_params|\.axhline|\.axvline|\.grid\(|\.semilogy\(|\.plot\(|\.errorbar\(|"
+                   r"\.fill_between\(|\.loglog\(|\.scatter\(|\.bar\(|\.imshow\(")
+
+
+def _code_lines(source: str) -> list[str]:
+    return [line for line in source.splitlines() if line.strip() and not line.strip().startswith("#")]
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=[p.stem for p in CHAPTERS])
+def test_chapter_cells_are_short_steps(path):
+    """d2l/QuantEcon style: a cell is one step of the argument. The median code cell has at most
+    10 lines, and no cell has more than 25 lines outside figure styling (plotting calls)."""
+    cells = [c for c in jupytext.read(path).cells
+             if c.cell_type == "code" and "parameters" not in c.metadata.get("tags", [])]
+    sizes = sorted(len(_code_lines(c.source)) for c in cells)
+    assert statistics.median(sizes) <= 10, f"{path.stem}: median cell length {statistics.median(sizes)}"
+    long = [c.source.splitlines()[0] for c in cells
+            if len([ln for ln in _code_lines(c.source) if not STYLE.search(ln)]) > 25]
+    assert not long, f"{path.stem}: cells over 25 lines outside figure styling: {long}"

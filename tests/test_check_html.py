@@ -29,3 +29,10 @@ def test_raw_macro_and_broken_link_are_found(tmp_path):
     found = check_html.problems(tmp_path)
     assert any("raw TeX" in f for f in found) and any("broken link" in f for f in found)
     assert check_html.main([str(tmp_path)]) == 1
+
+
+def test_labelled_display_equation_passes(tmp_path):
+    _page(tmp_path, "d.html", '<div class="math notranslate nohighlight" id="equation-x">'
+                              '<span class="eqno">(1)<a class="headerlink" href="#equation-x">#</a></span>'
+                              '\\[\\phi = \\frac{1}{2}\\]</div>')
+    assert check_html.problems(tmp_path) == []

@@ -3,6 +3,7 @@ gne probe against direct Jacobian moments."""
 import json
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 
 import gnelib
 from gnelib.probes import model as pm
+from gnelib.runs import registry as experiments
 from gnelib.cli import main
 
 BAD = [  # argv, words the one-line message must contain
@@ -29,6 +31,31 @@ BAD = [  # argv, words the one-line message must contain
     (["probe", "gnelib.probes.model:mlp", "--input-shape", "4,41"], ["--input-shape", "(4, 41)"]),
     (["probe", "gnelib.probes.model:mlp", "--input-shape", "4,40", "--mode", "test"], ["--mode", "'train'", "'eval'"]),
     (["frobnicate"], ["list", "run", "probe", "sweep"]),
+    # issue 15: one line naming the argument or the real cause, never a traceback
+    (["probe", "gnelib.probes.model:vgg", "--arg", "norm=maybe", "--input-shape", "2,3,8,8"],
+     ["--arg", "norm", "neither a Python literal"]),
+    (["probe", "gnelib.probes.model:vgg", "--arg", "nokey=1", "--input-shape", "2,3,8,8"],
+     ["--arg", "unknown keyword 'nokey'", "'depth'"]),
+    (["probe", "gnelib.probes.model:mlp", "--input-shape", "100000,100000,100"],
+     ["--input-shape", "needs at least", "available"]),
+    (["probe", "gnelib.probes.model:mlp", "--input-shape", "4,40", "--tolerance", "inf"], ["--tolerance"]),
+    (["probe", "gnelib.probes.model:mlp", "--input-shape", "4,40", "--rv-tolerance", "nan"], ["--rv-tolerance"]),
+    (["probe", "gnelib.probes.model:mlp", "--input-shape", "4,40", "--plot", "x.unknownext"],
+     ["--plot", "unknownext", "png"]),
+    (["probe", "gnelib.probes.model:mlp", "--input-shape", "4,40", "--json", "/nonexistent_dir/x.json"],
+     ["--json", "/nonexistent_dir", "does not exist"]),
+    (["probe", "gnelib.probes.model:mlp", "--input-shape", "4,40", "--seed", "-5"], ["--seed", ">= 0", "-5"]),
+    (["run", "gradient_norms_at_init", "--seed", "-1"], ["--seed", ">= 0", "-1"]),
+    (["run", "gradient_norms_at_init", "--set", "width=10000000"], ["--set", "memory", "available"]),
+    (["run", "gradient_norms_at_init", "--set", "batch=99999999999999999999"], ["--set", "batch"]),
+    (["run", "gradient_norms_at_init", "--set", "batch=9999999999999"], ["--set", "memory"]),
+    (["run", "gradient_norms_at_init", "--set", "seed=5", "--seed", "3"], ["--seed", "disagree"]),
+    (["run", "bdi_serial_gradients", "--profile", "smoke", "--set", "slope=nan", "--set",
+      "activation=leaky_relu"], ["--set", "slope"]),
+    (["sweep", "gradient_norms_at_init", "--scheduler", "notaurl"], ["--scheduler", "tcp://HOST:PORT"]),
+    (["sweep", "gradient_norms_at_init", "--set", "seed=5", "--seeds", "2"], ["--seeds", "seed"]),
+    (["sweep", "gradient_norms_at_init", "--profile", "smoke", "--set", "width=8", "--set", "depth=2",
+      "--scheduler", "tcp://127.0.0.1:1"], ["--scheduler", "cannot reach", "127.0.0.1:1"]),
 ]
 
 
@@ -41,7 +68,35 @@ def test_bad_arguments_give_one_line_and_status_2(argv, words, capsys, tmp_path)
         assert w in err, (w, err)
 
 
-def test_installed_command_exits_2_on_bad_argument():
+MODELS = """
+import torch
+from torch import nn
+
+
+def boom():
+    raise RuntimeError("factory exploded")
+
+
+class Nan(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.b(self.a(x) * float("nan"))
+
+
+class Noisy(Nan):
+    def forward(self, x):
+        return self.b(self.a(x) + torch.rand_like(x))
+
+
+def net():
+    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(inplace=True), nn.Linear(8, 8), nn.ReLU(inplace=True))
+"""
+
+
+def test_installed_command_exits_2_on_bad_argument_and_finds_models_in_the_working_directory(tmp_path):
     gne = Path(sys.executable).with_name("gne")
     assert gne.exists(), "gne is not installed: pip install -e ."
     out = subprocess.run([str(gne), "run", "train_mlp", "--profile", "huge"], capture_output=True,
@@ -49,6 +104,91 @@ def test_installed_command_exits_2_on_bad_argument():
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [
         "gne run: error: argument --profile: invalid choice: 'huge' (choose from 'smoke', 'book', 'full')"]
+    (tmp_path / "mymodels.py").write_text(MODELS)
+    out = subprocess.run([str(gne), "probe", "mymodels:net", "--input-shape", "3,4", "--probes", "4"],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "verdict:" in out.stdout
+
+
+@pytest.mark.parametrize("factory,words", [
+    ("boom", ["argument model", "RuntimeError", "factory exploded"]),
+    ("Nan", ["argument model", "not finite"]),
+    ("Noisy", ["argument model", "not deterministic"]),
+])
+def test_bad_models_give_one_line_naming_the_cause(factory, words, tmp_path, monkeypatch, capsys):
+    (tmp_path / "badmodels.py").write_text(MODELS)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    assert main(["probe", f"badmodels:{factory}", "--input-shape", "3,4", "--probes", "4"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--blocks" not in err, err
+    for w in words:
+        assert w in err, (w, err)
+
+
+def test_set_seed_is_the_seed_in_run_and_sweep(tmp_path, capsys):
+    """Issue 15, item 2: --set seed=5 used to run seed 0 (the --seed default won)."""
+    tiny = ["--profile", "smoke", "--set", "width=8", "--set", "depth=2", "--set", "batch=2",
+            "--set", "probes=4", "--store", str(tmp_path)]
+    assert main(["run", "gradient_norms_at_init", *tiny, "--set", "seed=5", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["config"]["seed"] == 5
+    assert main(["sweep", "gradient_norms_at_init", *tiny, "--set", "seed=7", "--jobs", "1"]) == 0
+    capsys.readouterr()
+    seeds = sorted(json.loads(p.read_text())["config"]["seed"] for p in tmp_path.rglob("*.json"))
+    assert seeds == [5, 7]
+
+
+def test_key_prints_the_store_key_and_computes_nothing(tmp_path, capsys):
+    from gnelib.runs import registry as experiments
+    from gnelib.runs.store import Store
+    argv = ["run", "gradient_norms_at_init", "--profile", "smoke", "--set", "init=xavier",
+            "--set", "seed=5", "--store", str(tmp_path / "store"), "--key"]
+    assert main(argv) == 0
+    key = capsys.readouterr().out.strip()
+    cfg = experiments.make_config("gradient_norms_at_init", "smoke", {"init": "xavier", "seed": 5})
+    assert key == Store(tmp_path / "other").key("gradient_norms_at_init", cfg)
+    assert main(argv[:-3] + ["--seed", "5", "--key"]) == 0  # --seed and --set seed: one key
+    assert capsys.readouterr().out.strip() == key
+    assert not (tmp_path / "store").exists()
+
+
+def test_a_folder_in_place_of_a_record_is_one_line(tmp_path, capsys):
+    argv = ["run", "gradient_norms_at_init", "--profile", "smoke", "--store", str(tmp_path)]
+    assert main(argv + ["--key"]) == 0
+    key = capsys.readouterr().out.strip()
+    (tmp_path / "gradient_norms_at_init" / f"{key}.json").mkdir(parents=True)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--store" in err and "folder" in err, err
+
+
+def test_list_prints_plain_text_and_allowed_values(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "\\" not in out and "R(α)" in out
+    assert "xavier, he, orthogonal" in out and "mnist1d, gaussian_mixture" in out
+
+
+@dataclass(frozen=True)
+class FailConfig:
+    n: int = 0
+    seed: int = 0
+
+
+@experiments.register("_test_fail", FailConfig)
+def _fail(config):
+    """Fail for odd n."""
+    if config.n % 2:
+        raise RuntimeError(f"odd {config.n}")
+    return {"n": config.n}
+
+
+def test_sweep_summary_counts_every_configuration(tmp_path, capsys):
+    assert main(["sweep", "_test_fail", "--grid", "n=0,1,3", "--jobs", "1", "--store", str(tmp_path)]) == 1
+    out, err = capsys.readouterr()
+    assert "3 configurations: 0 read back, 1 computed, 2 failed" in out
+    assert err.count("failed ") == 2
 
 
 def test_run_stores_then_reads_back(tmp_path, capsys):

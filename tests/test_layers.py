@@ -10,8 +10,8 @@ from torch import nn
 
 import gnelib
 import gnelib.theory.moments as M
-from gnelib.nn.init_conv import delta_orthogonal_, fixup_scale, haar_orthogonal_, init_model_
-from gnelib.nn.convs import CenteredConv2d, SWSConv2d, centered_weight, standardized_weight
+from gnelib.nn.init import delta_orthogonal_, fixup_scale, haar_orthogonal_, init_model_
+from gnelib.nn.convs import CentredConv2d, SWSConv2d, centred_kernel, standardized_weight
 from gnelib.nn.norms import L1MomentNorm, SecondMomentNorm, SecondMomentNormFunction, second_moment_norm
 
 
@@ -98,9 +98,9 @@ def test_l1_moment_norm():
 # ------------------------------------------------------------------ weight reparameterisations
 def test_centered_conv():
     torch.manual_seed(0)
-    conv = CenteredConv2d(3, 5, 3, padding=1).double()
+    conv = CentredConv2d(3, 5, 3, padding=1).double()
     x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
-    cw = centered_weight(conv.weight)
+    cw = centred_kernel(conv.weight)
     assert cw.sum((1, 2, 3)).abs().max().item() < 1e-12
     ref = nn.functional.conv2d(x, cw, conv.bias, padding=1)
     assert torch.allclose(conv(x), ref, atol=1e-12)

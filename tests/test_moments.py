@@ -15,7 +15,7 @@ from torch import nn
 
 import gnelib
 import gnelib.theory.moments as M
-from gnelib.nn.init_conv import delta_orthogonal_, haar_orthogonal_
+from gnelib.nn.init import delta_orthogonal_, haar_orthogonal_
 from gnelib.nn.norms import L1MomentNorm, SecondMomentNorm
 from gnelib.nn.convs import SWSLinear
 

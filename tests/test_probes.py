@@ -110,7 +110,7 @@ def test_gradient_norms_are_per_weight_tensor_in_layer_order():
     x = torch.randn(5, 4)
     loss = model(x).pow(2).sum()
     norms = gnelib.gradient_norms(model, loss)
-    assert list(norms) == ["blocks.0.0.weight", "blocks.1.0.weight", "blocks.2.0.weight", "head.weight"]
+    assert list(norms) == ["blocks.0.linear.weight", "blocks.1.linear.weight", "blocks.2.linear.weight", "head.weight"]
     loss.backward()
     for name, p in model.named_parameters():
         assert norms[name] == pytest.approx(p.grad.pow(2).sum().item(), rel=1e-6)

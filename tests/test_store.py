@@ -2,6 +2,8 @@
 and the built-in experiments checked against direct computations."""
 import json
 import math
+import os
+import stat
 from dataclasses import dataclass
 
 import pytest
@@ -145,3 +147,65 @@ def test_default_version_tracks_the_library_source(tmp_path):
     prefix, digest = v.split("+")
     assert prefix == __version__ and len(digest) == 12
     assert Store(tmp_path).version == v
+
+
+@dataclass(frozen=True)
+class ScaleConfig:
+    scale: float = 1.0
+    seed: int = 0
+
+
+@experiments.register("_test_scale", ScaleConfig)
+def _scale(config):
+    """Return the scale."""
+    CALLS.append(config)
+    return {"scale": config.scale}
+
+
+@pytest.mark.parametrize("scale", [math.inf, -math.inf, math.nan])
+def test_non_finite_configuration_values_are_read_back(tmp_path, scale, recwarn):
+    """Issue 15: NaN/inf configuration values were stored as strings and never matched, so
+    every run warned "corrupt record" and recomputed."""
+    store = st.Store(tmp_path)
+    cfg = ScaleConfig(scale=scale)
+    CALLS.clear()
+    store.run("_test_scale", cfg)
+    rec, cached = store.run("_test_scale", cfg)
+    assert cached and len(CALLS) == 1
+    assert not [w for w in recwarn if issubclass(w.category, st.StoreWarning)]
+
+
+def test_stale_temporaries_are_removed_when_a_store_opens(tmp_path):
+    """Issue 15: a write killed midway left a hidden .…tmp in the store forever."""
+    store = st.Store(tmp_path)
+    store.run("_test_count", CountConfig(n=2))
+    folder = tmp_path / "_test_count"
+    stale = folder / ".abc.json.x1y2.tmp"
+    fresh = folder / ".def.json.z3w4.tmp"  # a write in progress in another process
+    stale.write_text("{")
+    fresh.write_text("{")
+    old = stale.stat().st_mtime - 3600
+    os.utime(stale, (old, old))
+    st.Store(tmp_path)
+    assert not stale.exists() and fresh.exists()
+
+
+def test_a_folder_in_place_of_a_record_is_a_store_error(tmp_path):
+    store = st.Store(tmp_path)
+    cfg = CountConfig(n=4)
+    store.path("_test_count", cfg).mkdir(parents=True)
+    with pytest.raises(st.StoreError, match="folder"):
+        store.run("_test_count", cfg)
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    """Issue 15: records and --json files were 0600 whatever the umask."""
+    old = os.umask(0o022)
+    try:
+        atomic_write_json(tmp_path / "a.json", {"x": 1})
+        os.umask(0o077)
+        atomic_write_json(tmp_path / "b.json", {"x": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "b.json").stat().st_mode) == 0o600

@@ -95,3 +95,57 @@ def test_dask_sweep_survives_a_killed_worker(tmp_path):
     finally:
         client.close()
         cluster.close()
+
+
+def test_a_fixed_seed_is_the_sweep_seed():
+    """Issue 15, item 2: sweep --set seed=5 silently ran seed 0."""
+    assert [c.seed for c in sw.expand_grid(NAME, {}, profile="smoke", fixed={"seed": "5"})] == [5]
+    assert [c.seed for c in sw.expand_grid(NAME, {}, profile="smoke")] == [0]
+    with pytest.raises(ValueError, match="seed is given twice"):
+        sw.expand_grid(NAME, {}, seeds=2, profile="smoke", fixed={"seed": "5"})
+
+
+def _pretend_other_code():  # runs on a worker: its library digest differs from ours
+    from gnelib.runs import registry
+    registry.library_version = lambda: "0.1.0+changedcode00"
+
+
+def test_a_worker_running_other_code_is_refused_and_nothing_is_stored(tmp_path):
+    """Issue 15, item 3: records got the head's library digest whatever code the workers ran."""
+    distributed = pytest.importorskip("distributed")
+    cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                                       host="127.0.0.1", dashboard_address=None)
+    client = distributed.Client(cluster)
+    try:
+        client.run(_pretend_other_code)
+        store = st.Store(tmp_path)
+        cfgs = sw.expand_grid(NAME, {}, seeds=2, profile="smoke", fixed=TINY)
+        with pytest.raises(sw.WorkerVersionError, match="changedcode00"):
+            sw.sweep(NAME, cfgs, store, client=client, progress=False)
+        assert not list(tmp_path.rglob("*.json"))
+        # a worker that does not check (older code) is caught by the process that stores
+        rec = st.compute(NAME, cfgs[0], version="0.1.0+changedcode00")
+        with pytest.raises(sw.WorkerVersionError):
+            sw.sweep(NAME, cfgs[:1], store, progress=False, jobs=1,
+                     client=_Replay(client, rec))
+        assert not list(tmp_path.rglob("*.json"))
+    finally:
+        client.close()
+        cluster.close()
+
+
+class _Replay:
+    """A client whose every task returns ``record`` (what an unchecked worker would send)."""
+
+    def __init__(self, client, record):
+        self.client, self.record = client, record
+
+    def submit(self, fn, *args, key=None, pure=False):
+        return self.client.submit(_identity, self.record, key=key, pure=False)
+
+    def cancel(self, futures):
+        self.client.cancel(futures)
+
+
+def _identity(x):
+    return x

@@ -14,8 +14,8 @@ import re
 import sys
 from pathlib import Path
 
-STRIP = (r"<script.*?</script>", r"<style.*?</style>", r'<span class="math[^"]*">.*?</span>',
-         r'<div class="math[^"]*">.*?</div>', r"<pre.*?</pre>", r"<code.*?</code>",
+STRIP = (r"<script.*?</script>", r"<style.*?</style>", r'<span class="math[^"]*"[^>]*>.*?</span>',
+         r'<div class="math[^"]*"[^>]*>.*?</div>', r"<pre.*?</pre>", r"<code.*?</code>",
          r'<div class="highlight[^"]*">.*?</div>', r'<mjx-container.*?</mjx-container>')
 RAW_TEX = re.compile(r"\$|\\(begin|frac|mathbf|mathrm|sum|sqrt|left|right)\b")
 

@@ -44,13 +44,27 @@ def _jsonable(value):
     return value
 
 
+def _umask() -> int:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0o022)  # no /proc: read it by setting it (and put it back)
+    os.umask(old)
+    return old
+
+
 def atomic_write_json(path: Path, obj) -> None:
     """Write ``obj`` as JSON to ``path`` through a temporary file and ``os.replace``, so an
-    interrupted run never leaves a truncated file behind."""
+    interrupted run never leaves a truncated file behind. The file gets the permissions a
+    plain ``open`` would give it (``0o666`` less the umask), not the temporary's ``0o600``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "w") as fh:
             json.dump(_jsonable(obj), fh, indent=1, sort_keys=True)
             fh.flush()

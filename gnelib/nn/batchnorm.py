@@ -11,8 +11,8 @@ import math
 import torch
 from torch import nn
 
+from gnelib.nn.activations import make_activation
 from gnelib.base.errors import check_choice, check_positive, check_positive_int
-from gnelib.nn.init import init_weight_
 
 __all__ = ["NORMS", "BN_ACTIVATIONS", "ORDERS", "BN_INITS", "paper_batch_norm",
            "torch_batch_norm", "PaperBatchNorm", "layer_gains", "bn_activation", "BNMLP"]
@@ -70,10 +70,10 @@ class PaperBatchNorm(nn.Module):
 
 
 def bn_activation(name: str):
-    """The activation function by name, one of :data:`BN_ACTIVATIONS`."""
+    """The activation by name, one of :data:`BN_ACTIVATIONS`, as a callable module
+    (:func:`~gnelib.nn.activations.make_activation`)."""
     check_choice("activation", name, BN_ACTIVATIONS)
-    return {"identity": lambda x: x, "tanh": torch.tanh, "sin": torch.sin,
-            "relu": torch.relu}[name]
+    return make_activation(name)
 
 
 def layer_gains(depth: int, gain_exponent: float = 0.0, gain: float = 1.0) -> list[float]:
@@ -87,7 +87,10 @@ def layer_gains(depth: int, gain_exponent: float = 0.0, gain: float = 1.0) -> li
     return [gain * float(ell) ** (-gain_exponent) for ell in range(1, depth + 1)]
 
 
-class BNMLP(nn.Module):
+def BNMLP(in_dim: int, width: int, depth: int, out_dim: int, init: str = "orthogonal",
+          norm: str = "paper", activation: str = "identity", order: str = "norm_act",
+          bias: bool = False, gain_exponent: float = 0.0, gain: float = 1.0,
+          mean_reduction: bool = False, factor=1.0, generator: torch.Generator | None = None):
     """The BN MLP of Meterez et al. (2024), eq. (11): ``depth`` hidden layers
 
     .. math:: X_{\\ell} = \\sigma\\big(\\alpha_\\ell\\,\\mathrm{Bn}(W_{\\ell-1} X_{\\ell-1})\\big),
@@ -104,50 +107,19 @@ class BNMLP(nn.Module):
       centring, affine, running statistics, eps 1e-5) or ``"none"``;
     - ``activation``: one of :data:`BN_ACTIVATIONS`; ``bias``: zero-initialised biases;
     - ``gain_exponent`` ``k`` and ``gain``: :func:`layer_gains`.
+
+    The result is a :class:`~gnelib.nn.mlp.MLP` (``layers[i]`` its dense layers, ``gains`` the
+    α_ℓ, :meth:`~gnelib.nn.mlp.MLP.hidden` the representations); ``gain`` here is the shaping
+    gain of :func:`layer_gains`, the init gain is the scheme's (1).
     """
+    from gnelib.nn.mlp import MLP
 
-    def __init__(self, in_dim: int, width: int, depth: int, out_dim: int,
-                 init: str = "orthogonal", norm: str = "paper", activation: str = "identity",
-                 order: str = "norm_act", bias: bool = False, gain_exponent: float = 0.0,
-                 gain: float = 1.0, mean_reduction: bool = False, factor=1.0,
-                 generator: torch.Generator | None = None):
-        super().__init__()
-        for name, v in (("in_dim", in_dim), ("width", width), ("depth", depth),
-                        ("out_dim", out_dim)):
-            check_positive_int(name, v)
-        check_choice("init", init, BN_INITS)
-        check_choice("norm", norm, NORMS)
-        check_choice("order", order, ORDERS)
-        self.act = bn_activation(activation)
-        self.activation, self.order, self.norm_type = activation, order, norm
-        self.gains = layer_gains(depth, gain_exponent, gain)
-        dims = [in_dim] + [width] * depth
-        self.layers = nn.ModuleList(nn.Linear(a, b, bias=bias) for a, b in zip(dims, dims[1:]))
-        if norm == "paper":
-            self.norms = nn.ModuleList(PaperBatchNorm(mean_reduction, factor) for _ in range(depth))
-        elif norm == "torch":
-            self.norms = nn.ModuleList(nn.BatchNorm1d(width) for _ in range(depth))
-        else:
-            self.norms = nn.ModuleList(nn.Identity() for _ in range(depth))
-        self.head = nn.Linear(width, out_dim, bias=bias)
-        for m in [*self.layers, self.head]:
-            init_weight_(m.weight, init, generator=generator)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-
-    def no_weight_decay(self) -> list[str]:
-        """Biases and BatchNorm parameters get no weight decay."""
-        return [n for n, p in self.named_parameters() if p.ndim < 2]
-
-    def hidden(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The hidden representations :math:`X_1..X_L` (each ``(n, width)``)."""
-        x = x.flatten(1)
-        out = []
-        for layer, norm, a in zip(self.layers, self.norms, self.gains):
-            h = layer(x)
-            x = self.act(a * norm(h)) if self.order == "norm_act" else norm(self.act(a * h))
-            out.append(x)
-        return out
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.hidden(x)[-1])
+    for name, v in (("in_dim", in_dim), ("width", width), ("depth", depth), ("out_dim", out_dim)):
+        check_positive_int(name, v)
+    check_choice("init", init, BN_INITS)
+    check_choice("norm", norm, NORMS)
+    check_choice("order", order, ORDERS)
+    check_choice("activation", activation, BN_ACTIVATIONS)
+    return MLP(in_dim, width, depth, out_dim, activation=activation, init=init, bias=bias,
+               norm=norm, order=order, gains=layer_gains(depth, gain_exponent, gain),
+               mean_reduction=mean_reduction, factor=factor, generator=generator)

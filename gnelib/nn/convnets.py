@@ -5,7 +5,7 @@ activation and normalisation, in 1-d (MNIST-1D) or 2-d (CIFAR-10):
   stem conv, 3 stages × ``blocks`` × 2 convs, global average pool, linear);
 - :class:`ResNet`: the CIFAR ResNet-6n+2 (ResNet-56 for ``blocks=9``) with post-activation
   basic blocks and option-A shortcuts, normalised by BN or SMN, or un-normalised with
-  Fixup-style branch scaling (:func:`~gnelib.nn.init_conv.fixup_scale`).
+  Fixup-style branch scaling (:func:`~gnelib.nn.init.fixup_scale`).
 """
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from gnelib.nn.init_conv import CONV_INITS, fixup_scale, init_model_
+from gnelib.nn.init import CONV_INITS, fixup_scale, init_model_
 from gnelib.base.errors import check_choice, check_positive_int
-from gnelib.nn.convs import CenteredConv1d, CenteredConv2d, SWSConv1d, SWSConv2d
+from gnelib.nn.convs import WEIGHT_LAYERS, CentredConv1d, CentredConv2d, SWSConv1d, SWSConv2d
 from gnelib.nn.norms import L1MomentNorm, SecondMomentNorm
-from gnelib.theory.moments import SELU_ALPHA, SELU_LAMBDA, selu_coefficients
+from gnelib.nn.activations import SeLU, SPReLU, activation_gain, make_activation
 
 __all__ = ["CONV_ACTIVATIONS", "NORMS", "SPReLU", "SeLU", "make_conv_activation",
            "activation_gain", "SerialNet", "ResNet", "resnet56"]
@@ -28,68 +28,17 @@ CONV_ACTIVATIONS = ("relu", "tanh", "leaky_relu", "prelu", "sprelu", "selu")
 NORMS = ("bn", "smn", "sws", "l1", "none")
 
 
-class SPReLU(nn.PReLU):
-    """sPReLU: PReLU divided by :math:`\\sqrt{1+a^2}`, so that :math:`\\phi=\\tfrac12` for every
-    learned slope a (Chen et al. 2020's scaled PReLU)."""
-
-    def forward(self, x):
-        return super().forward(x) / torch.sqrt(1 + self.weight.pow(2))
-
-
-class SeLU(nn.Module):
-    """SeLU with coefficients (λ, α): :math:`\\lambda x` for x > 0, :math:`\\lambda\\alpha(e^x-1)`
-    otherwise; ``eps`` given means (λ, α) = :func:`~gnelib.theory.moments.selu_coefficients` (eps, gain2)."""
-
-    def __init__(self, eps: float | None = None, gain2: float = 1.0):
-        super().__init__()
-        if eps is None:
-            self.lam, self.alpha = SELU_LAMBDA, SELU_ALPHA
-        else:
-            self.lam, self.alpha = selu_coefficients(eps, gain2=gain2)
-
-    def forward(self, x):
-        return self.lam * torch.where(x > 0, x, self.alpha * torch.expm1(x))
-
-    def extra_repr(self):
-        return f"lam={self.lam:.4f}, alpha={self.alpha:.4f}"
-
-
 def make_conv_activation(name: str, slope: float = 0.18, selu_eps: float | None = None,
                          selu_gain2: float = 1.0) -> nn.Module:
-    """An activation module by name (:data:`CONV_ACTIVATIONS`): leaky ReLU uses ``slope``,
-    PReLU/sPReLU start at ``slope``, SeLU uses :class:`SeLU` (``selu_eps``, ``selu_gain2``)."""
+    """:func:`~gnelib.nn.activations.make_activation` restricted to :data:`CONV_ACTIVATIONS`."""
     check_choice("activation", name, CONV_ACTIVATIONS)
-    if name == "relu":
-        return nn.ReLU()
-    if name == "tanh":
-        return nn.Tanh()
-    if name == "leaky_relu":
-        return nn.LeakyReLU(slope)
-    if name == "prelu":
-        return nn.PReLU(init=slope)
-    if name == "sprelu":
-        return SPReLU(init=slope)
-    return SeLU(selu_eps, selu_gain2)
-
-
-def activation_gain(name: str, slope: float = 0.18, selu_gain2: float = 1.0) -> float:
-    """The init gain g with :math:`\\phi_W\\phi_\\text{act}=1` (Chen et al.'s selection rule):
-    √2 for ReLU, PReLU and sPReLU, :math:`\\sqrt{2/(1+\\gamma^2)}` for leaky ReLU, 1 for tanh,
-    :math:`\\sqrt{\\gamma_0}` for SeLU."""
-    check_choice("activation", name, CONV_ACTIVATIONS)
-    if name in ("relu", "prelu", "sprelu"):
-        return math.sqrt(2.0)
-    if name == "leaky_relu":
-        return math.sqrt(2.0 / (1 + slope**2))
-    if name == "tanh":
-        return 1.0
-    return math.sqrt(selu_gain2)
+    return make_activation(name, slope, selu_eps, selu_gain2)
 
 
 def _conv_classes(dims: int):
     if dims == 1:
-        return nn.Conv1d, CenteredConv1d, SWSConv1d, nn.BatchNorm1d
-    return nn.Conv2d, CenteredConv2d, SWSConv2d, nn.BatchNorm2d
+        return nn.Conv1d, CentredConv1d, SWSConv1d, nn.BatchNorm1d
+    return nn.Conv2d, CentredConv2d, SWSConv2d, nn.BatchNorm2d
 
 
 def _conv_norm(c_in, c_out, stride, norm, dims, gain2):
@@ -113,7 +62,7 @@ class SerialNet(nn.Module):
     linear read-out; each conv is followed by ``norm`` and the activation. ``blocks=5`` gives 32
     weight layers. ``model.weight_layers()`` lists the weight tensors in depth order.
 
-    ``init`` ∈ :data:`~gnelib.nn.init_conv.CONV_INITS` with the gain of :func:`activation_gain`
+    ``init`` ∈ :data:`~gnelib.nn.init.CONV_INITS` with the gain of :func:`activation_gain`
     (``gain`` overrides); for ``norm='sws'`` the weights are re-parameterised with
     γ₀ = gain² so the raw init only sets directions.
     """
@@ -154,7 +103,7 @@ class SerialNet(nn.Module):
             self.head.weight.mul_(1.0 / g)
 
     def weight_layers(self) -> list[nn.Module]:
-        return [m for m in self.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))]
+        return [m for m in self.modules() if isinstance(m, WEIGHT_LAYERS)]
 
     def no_weight_decay(self) -> list[str]:
         return [n for n, p in self.named_parameters() if p.ndim < 2]
@@ -209,7 +158,7 @@ class ResNet(nn.Module):
     """CIFAR ResNet-(6·``blocks``+2) (He et al. 2016; ResNet-56 for ``blocks=9``): stem conv,
     3 stages of ``blocks`` basic blocks with ``width``·(1, 2, 4) channels, average pool, linear.
     ``norm`` ∈ {'bn', 'smn', 'fixup'}; for 'fixup' both branch convs get He init times
-    :math:`L^{-p/4}` (:func:`~gnelib.nn.init_conv.fixup_scale` with m = 2, L = 3·blocks) and the
+    :math:`L^{-p/4}` (:func:`~gnelib.nn.init.fixup_scale` with m = 2, L = 3·blocks) and the
     last conv is not zeroed (Chen et al.'s variant)."""
 
     def __init__(self, in_channels: int = 3, num_classes: int = 10, width: int = 16,

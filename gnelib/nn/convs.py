@@ -19,8 +19,8 @@ from gnelib.base.errors import check_choice, check_positive, check_positive_int
 
 __all__ = ["pws_kernel", "ws_kernel", "centred_kernel", "pws_epsilon", "PWSConv1d", "PWSConv2d",
            "WSConv1d", "WSConv2d", "CentredConv1d", "CentredConv2d", "wn_conv", "wn_linear",
-           "EPS_MODES", "FAN_MODES", "centered_weight", "standardized_weight", "CenteredConv1d",
-           "CenteredConv2d", "SWSConv1d", "SWSConv2d", "SWSLinear"]
+           "EPS_MODES", "FAN_MODES", "ReparamConv", "WEIGHT_LAYERS", "standardized_weight", "SWSConv1d", "SWSConv2d",
+           "SWSLinear"]
 
 #: How ``eps`` is read: as an absolute variance, or relative to the He variance 2/n_f.
 EPS_MODES = ("absolute", "relative")
@@ -75,14 +75,21 @@ def _pair(dim: int, value) -> tuple[int, ...]:
     return value
 
 
-class _ReparamConv(nn.Module):
-    """A convolution whose kernel is ``self.kernel()``, a function of the raw weight ``V``."""
+class ReparamConv(nn.Module):
+    """The one base of the standardised-convolution family (centred, WS, sWS, PWS): a
+    convolution whose kernel is ``self.kernel()``, a function of the raw weight ``V``
+    (He-initialised). One signature: ``(in_channels, out_channels, kernel_size=3, stride=1,
+    padding=0, bias=True, generator=None, padding_mode="zeros")``; a 1×1 kernel on a
+    ``(B, C)`` input is the dense layer."""
 
     dim = 2
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size=3, stride: int = 1,
-                 padding: int = 0, bias: bool = True, generator: torch.Generator | None = None):
+                 padding: int = 0, bias: bool = True, generator: torch.Generator | None = None,
+                 padding_mode: str = "zeros"):
         super().__init__()
+        check_choice("padding_mode", padding_mode, ("zeros", "circular", "reflect", "replicate"))
+        self.padding_mode = padding_mode
         check_positive_int("in_channels", in_channels)
         check_positive_int("out_channels", out_channels)
         self.in_channels, self.out_channels = in_channels, out_channels
@@ -111,6 +118,10 @@ class _ReparamConv(nn.Module):
         if x.dim() == 2 and math.prod(self.kernel_size) == 1:
             return F.linear(x, kernel.flatten(1), self.bias)
         fn = F.conv1d if self.dim == 1 else F.conv2d
+        if self.padding_mode != "zeros" and self.padding:
+            pad = _pair(self.dim, self.padding)
+            x = F.pad(x, [p for p in reversed(pad) for _ in (0, 1)], mode=self.padding_mode)
+            return fn(x, kernel, self.bias, self.stride, 0)
         return fn(x, kernel, self.bias, self.stride, self.padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -121,7 +132,7 @@ class _ReparamConv(nn.Module):
                 f"stride={self.stride}, padding={self.padding}, bias={self.bias is not None}")
 
 
-class _PWSConv(_ReparamConv):
+class _PWSConv(ReparamConv):
     """Parametric Weights Standardization (Liu et al. 2021), eq. ``pws-kernel`` of the chapter.
 
     Parameters: ``eps`` (>= 0) absolute, or relative to the He variance 2/n_f
@@ -216,7 +227,7 @@ class PWSConv2d(_PWSConv):
     dim = 2
 
 
-class _WSConv(_ReparamConv):
+class _WSConv(ReparamConv):
     """Weight standardisation (Qiao et al. 2019); to be followed by BN or GN."""
 
     def __init__(self, *args, eps: float = 1e-5, **kw):
@@ -239,7 +250,7 @@ class WSConv2d(_WSConv):
     dim = 2
 
 
-class _CentredConv(_ReparamConv):
+class _CentredConv(ReparamConv):
     """Centring only: the kernel is :math:`V_k - \\bar V_k\\mathbf 1` (PWS without the scale)."""
 
     def kernel(self) -> torch.Tensor:
@@ -256,6 +267,11 @@ class CentredConv2d(_CentredConv):
     """2-d centred convolution."""
 
     dim = 2
+
+
+#: Every module type whose ``weight`` is a dense or convolution weight (raw weight for the
+#: re-parametrised family): what :func:`~gnelib.nn.init.init_model_` initialises.
+WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, ReparamConv)
 
 
 def wn_linear(in_features: int, out_features: int, bias: bool = True,
@@ -282,72 +298,47 @@ def wn_conv(dim: int, in_channels: int, out_channels: int, kernel_size=3, stride
     return nn.utils.parametrizations.weight_norm(conv, name="weight", dim=0)
 
 
-# ------------------------------------------------------------- centred and sWS (BDI)
-
-def centered_weight(w: torch.Tensor) -> torch.Tensor:
-    """Each filter (output row) minus its mean over inputs and kernel positions."""
-    dims = list(range(1, w.ndim))
-    return w - w.mean(dims, keepdim=True)
-
+# ----------------------------------------------------- scaled weight standardisation
 
 def standardized_weight(w: torch.Tensor, gain2: float = 2.0, eps: float = 0.0) -> torch.Tensor:
     """Scaled weight standardisation (sWS, the weight-normalisation configuration of Chen et al.
     2020): :math:`\\hat w_i=\\sqrt{\\gamma_0}(w_i-\\bar w_i)/\\|w_i-\\bar w_i\\|` per filter, so every
     filter has squared norm :math:`\\gamma_0` (= 2 for ReLU) and φ = γ₀ whatever the raw scale."""
-    c = centered_weight(w)
+    c = centred_kernel(w)
     norm = c.flatten(1).norm(dim=1).reshape((-1,) + (1,) * (w.ndim - 1))
     return math.sqrt(gain2) * c / (norm + eps)
 
 
-class CenteredConv1d(nn.Conv1d):
-    """``nn.Conv1d`` whose filters are centred (:func:`centered_weight`) at every forward."""
+class _SWSConv(ReparamConv):
+    """sWS: the kernel is :func:`standardized_weight` of the raw weight (gain ``gain2``)."""
 
-    def forward(self, x):
-        return self._conv_forward(x, centered_weight(self.weight), self.bias)
+    def __init__(self, *args, gain2: float = 2.0, **kw):
+        super().__init__(*args, **kw)
+        self.gain2 = check_positive("gain2", gain2)
 
-
-class CenteredConv2d(nn.Conv2d):
-    """``nn.Conv2d`` whose filters are centred (:func:`centered_weight`) at every forward."""
-
-    def forward(self, x):
-        return self._conv_forward(x, centered_weight(self.weight), self.bias)
-
-
-class _SWSMixin:
-    gain2: float = 2.0
+    def kernel(self) -> torch.Tensor:
+        return standardized_weight(self.weight, self.gain2)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", gain2={self.gain2}"
 
 
-class SWSConv1d(_SWSMixin, nn.Conv1d):
-    """``nn.Conv1d`` with scaled weight standardisation (:func:`standardized_weight`)."""
+class SWSConv1d(_SWSConv):
+    """1-d convolution with scaled weight standardisation."""
 
-    def __init__(self, *args, gain2: float = 2.0, **kw):
-        super().__init__(*args, **kw)
-        self.gain2 = check_positive("gain2", gain2)
-
-    def forward(self, x):
-        return self._conv_forward(x, standardized_weight(self.weight, self.gain2), self.bias)
+    dim = 1
 
 
-class SWSConv2d(_SWSMixin, nn.Conv2d):
-    """``nn.Conv2d`` with scaled weight standardisation (:func:`standardized_weight`)."""
+class SWSConv2d(_SWSConv):
+    """2-d convolution with scaled weight standardisation."""
 
-    def __init__(self, *args, gain2: float = 2.0, **kw):
-        super().__init__(*args, **kw)
-        self.gain2 = check_positive("gain2", gain2)
-
-    def forward(self, x):
-        return self._conv_forward(x, standardized_weight(self.weight, self.gain2), self.bias)
+    dim = 2
 
 
-class SWSLinear(_SWSMixin, nn.Linear):
-    """``nn.Linear`` with scaled weight standardisation (:func:`standardized_weight`)."""
+class SWSLinear(SWSConv1d):
+    """A dense layer with scaled weight standardisation: the 1×1 :class:`SWSConv1d` acting on
+    ``(B, in_features)`` inputs."""
 
-    def __init__(self, *args, gain2: float = 2.0, **kw):
-        super().__init__(*args, **kw)
-        self.gain2 = check_positive("gain2", gain2)
-
-    def forward(self, x):
-        return F.linear(x, standardized_weight(self.weight, self.gain2), self.bias)
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, gain2: float = 2.0,
+                 generator: torch.Generator | None = None):
+        super().__init__(in_features, out_features, 1, bias=bias, gain2=gain2, generator=generator)

@@ -8,7 +8,7 @@ no faster than ``nn.BatchNorm2d``'s fused kernel on a CPU. Here the forward
 (:func:`smn_backward`) are each compiled with ``torch.compile`` (inductor) into a reduction
 loop and an elementwise loop, which is where SMN's saving over batch norm (one statistic,
 the second moment, instead of the mean and the variance) can show. Whether it does on a
-given machine is measured by ``benchmarks/bench_smn.py`` (the book's Performance page).
+given machine is measured by ``gnelib/bench/bench_smn.py`` (the book's Performance page).
 
 Compilation is lazy (at the first call for each input shape, seconds to tens of seconds on a
 CPU; with ``dynamic=None``, torch's default, a second shape triggers one dynamic-shape graph

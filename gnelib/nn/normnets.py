@@ -132,32 +132,18 @@ def linear_unit(norm: str, cin: int, cout: int, gn_groups: int = 8, pws_kw: dict
     return lin, _act_norm(norm, 1, cout, gn_groups)
 
 
-class NormMLP(nn.Module):
+def NormMLP(in_dim: int, width: int, depth: int, out_dim: int, norm: str = "none",
+            gn_groups: int = 8, pws_kw: dict | None = None, head_std: float = 0.01,
+            generator: torch.Generator | None = None):
     """An MLP (``depth`` hidden layers of ``width``, ReLU, no residual path) with the
-    normalization as a parameter (:func:`linear_unit`) and a linear head N(0, head_std^2)."""
+    normalization as a parameter (:func:`linear_unit`, He-initialised) and a linear head
+    N(0, head_std^2): a :class:`~gnelib.nn.mlp.MLP` (``units`` its blocks)."""
+    from gnelib.nn.mlp import MLP
 
-    def __init__(self, in_dim: int, width: int, depth: int, out_dim: int, norm: str = "none",
-                 gn_groups: int = 8, pws_kw: dict | None = None, head_std: float = 0.01,
-                 generator: torch.Generator | None = None):
-        super().__init__()
-        for name, v in (("in_dim", in_dim), ("width", width), ("depth", depth),
-                        ("out_dim", out_dim)):
-            check_positive_int(name, v)
-        self.norm = norm
-        self.units = nn.ModuleList(
-            nn.Sequential(*linear_unit(norm, in_dim if i == 0 else width, width, gn_groups,
-                                       pws_kw, generator), nn.ReLU())
-            for i in range(depth))
-        self.head = _head(width, out_dim, head_std, generator)
-
-    def no_weight_decay(self) -> list[str]:
-        return alpha_names(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.flatten(1)
-        for unit in self.units:
-            x = unit(x)
-        return self.head(x)
+    check_choice("norm", norm, NORMS)
+    return MLP(in_dim, width, depth, out_dim, activation="relu", init="he",
+               bias=norm not in ("bn", "gn"), norm=norm, head_std=head_std, gn_groups=gn_groups,
+               pws_kw=pws_kw, generator=generator)
 
 
 class _Block(nn.Module):

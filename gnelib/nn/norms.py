@@ -131,7 +131,7 @@ class SecondMomentNorm(nn.Module):
     ``running_rms`` by an exponential moving average (``momentum``); eval mode uses
     ``running_rms``. ``closed_form=True`` (default) uses :class:`SecondMomentNormFunction`;
     ``False`` the plain autograd path :func:`second_moment_norm`. Meant to follow a centred
-    convolution (:class:`CenteredConv2d`), which makes :math:`s_c^2` the channel variance so
+    convolution (:class:`~gnelib.nn.convs.CentredConv2d`), which makes :math:`s_c^2` the channel variance so
     that SMN matches batch norm.
     """
 

@@ -29,6 +29,7 @@ from gnelib.base.errors import check_choice, check_positive_int
 from gnelib.probes.isometry import haar_orthogonal, isometry_gaps, min_eigenvalue_ratios
 
 __all__ = ["stack_weights", "bn_forward", "log_grad_norms_at_depths", "layer_log_grad_norms",
+           "representation_gaps",
            "log_grad_norm_vs_depth", "layer_gradient_profile", "bn_chain_gaps", "bn_inputs",
            "torch_threads"]
 
@@ -274,3 +275,25 @@ def bn_chain_gaps(x0: torch.Tensor, depth: int, init: str = "orthogonal", norm: 
             if ell % every == 0:
                 out.append(stat(x.transpose(-1, -2)))
     return np.stack(out, 1)
+
+
+@torch.no_grad()
+def representation_gaps(depths, width: int = 32, batch: int = 32, *, init: str = "orthogonal",
+                        norm: str = "torch", activation: str = "identity",
+                        gain_exponent: float = 0.0, seeds: int = 4, seed: int = 0,
+                        threads: int | None = 1) -> np.ndarray:
+    """The isometry gap :math:`\\phi(X_L)` of the last hidden representation of BN MLPs (the
+    networks of :func:`log_grad_norm_vs_depth`, Gaussian inputs of dimension ``width``) at
+    every depth ``L`` of ``depths``: one forward pass of ``max(depths)`` layers per seed, the
+    depth-``L`` network being its first ``L`` layers. Returns ``(seeds, len(depths))``
+    (``+inf`` for a numerically degenerate batch). Meterez et al. (2024), Fig. G5-right.
+    Used in: bn, § Non-linear activations."""
+    depths = [check_positive_int("depth", int(L)) for L in depths]
+    check_positive_int("width", width)
+    gen = torch.Generator().manual_seed(int(seed))
+    with torch_threads(threads):
+        x, _ = bn_inputs(seeds, batch, width, 10, None, gen, torch.float64)
+        weights, _ = stack_weights(seeds, width, width, max(depths), 10, init, gen, torch.float64)
+        hs = bn_forward(x, weights, norm=norm, activation=activation,
+                        gains=layer_gains(max(depths), gain_exponent))
+    return np.stack([isometry_gaps(hs[L - 1].transpose(-1, -2)) for L in depths], 1)

@@ -13,6 +13,24 @@ With a Gaussian probe :math:`v\\sim\\mathcal N(0, I)`, :math:`u = J^\\top v` and
 :math:`\\mathbb E\\|w\\|^2 = \\operatorname{tr}((JJ^\\top)^2)` (Hutchinson's estimator), so
 both moments come from one vector-Jacobian and one Jacobian-vector product per probe,
 without materialising :math:`J`.
+
+The probe average's relative standard error falls like :math:`1/\\sqrt{P}`, so a sharper
+estimate costs quadratically more probes. Two variance reductions are available
+(``method``/``distribution``): Rademacher probes (:math:`\\pm1` entries), whose variance
+:math:`2(\\|A\\|_F^2-\\sum_i A_{ii}^2)` drops the diagonal's share of Gaussian probes'
+:math:`2\\|A\\|_F^2`; and Hutch++ (Meyer, Musco, Musco & Woodruff 2021): a sketch
+:math:`Q=\\operatorname{orth}(AS)` from ``k`` products, the exact traces
+:math:`\\operatorname{tr}(Q^\\top AQ)=\\|J^\\top Q\\|_F^2` and
+:math:`\\operatorname{tr}(Q^\\top A^2Q)=\\|AQ\\|_F^2` from ``k`` more (the same products
+serve both moments), and Hutchinson on the deflated remainder
+:math:`(I-QQ^\\top)A(I-QQ^\\top)`. Hutch++ needs :math:`O(1/\\varepsilon)` products when the
+spectrum is dominated by a few eigenvalues (decaying or heavy-tailed) and gains nothing on a
+flat spectrum, where its sketch only costs products. ``rel_error`` asks for a relative
+standard error: a pilot of 16 Rademacher probes estimates the variance of both estimators
+(for Hutch++, the pilot's sample variance deflated by the Nystrom approximation
+:math:`AV(V^\\top AV)^+(AV)^\\top` of the top of the spectrum, the pilot's products serving
+as the sketch), the cheaper one continues, and probes are added until the standard errors
+reach the target.
 """
 from __future__ import annotations
 
@@ -23,7 +41,8 @@ import torch
 import torch._decomp.decompositions_for_jvp  # noqa: F401
 from torch import nn
 
-from gnelib.base.errors import check_positive_int
+from gnelib.theory.moments import Moments
+from gnelib.base.errors import check_choice, check_positive, check_positive_int
 
 # torch.func.jvp imports the module above on first use, and that import compiles TorchScript
 # from Python source. Doing it at import time keeps it out of worker threads: CPython 3.11
@@ -34,33 +53,10 @@ __all__ = ["JacobianMoments", "jacobian_moments", "gradient_norms", "block_momen
            "activation_gradient_norms"]
 
 
-@dataclass(frozen=True)
-class JacobianMoments:
-    """Normalised spectral moments of :math:`JJ^\\top` and their standard errors.
-
-    ``phi1`` is :math:`\\phi(JJ^\\top)`, ``phi2`` is :math:`\\phi((JJ^\\top)^2)`; the
-    standard errors are those of the probe average (zero for ``exact=True``). ``probes`` is
-    0 for the exact path.
-    """
-
-    phi1: float
-    phi2: float
-    phi1_se: float
-    phi2_se: float
-    n_in: int
-    n_out: int
-    probes: int
-
-    @property
-    def variance(self) -> float:
-        """Spectral variance :math:`\\phi((JJ^\\top)^2) - \\phi(JJ^\\top)^2`."""
-        return self.phi2 - self.phi1**2
-
-    @property
-    def relative_variance(self) -> float:
-        """:math:`\\phi((JJ^\\top)^2)/\\phi(JJ^\\top)^2 - 1`, which adds under serial
-        composition (Chen et al., multiplication theorem)."""
-        return self.phi2 / self.phi1**2 - 1.0
+#: The measured moments are the library's one moments record, :class:`gnelib.theory.moments.Moments`
+#: (``phi1``, ``phi2``, ``aspect``, standard errors, ``n_in``/``n_out``, ``probes``, ``method``,
+#: ``sketch``), so a measurement feeds the moment calculus directly.
+JacobianMoments = Moments
 
 
 def _check_input(x) -> torch.Tensor:
@@ -88,39 +84,254 @@ def _exact(f, x: torch.Tensor) -> JacobianMoments:
     a = jac @ jac.T
     phi1 = torch.trace(a).item() / n_out
     phi2 = (a * a).sum().item() / n_out  # tr(A^2) = sum_ij A_ij^2 for symmetric A
-    return JacobianMoments(phi1, phi2, 0.0, 0.0, n_in, n_out, 0)
+    return JacobianMoments(phi1, phi2, n_out / n_in, 0.0, 0.0, n_in, n_out, 0, "exact")
 
 
-def _func_products(f, x, probes, generator):
-    """J^T v and J J^T v for Gaussian probes v, batched with torch.func.vmap."""
-    y, vjp_fn = torch.func.vjp(f, x)
-    v = torch.randn((probes, *y.shape), generator=generator, dtype=y.dtype).to(y.device)
-    u = torch.func.vmap(vjp_fn)(v)[0]
-    w = torch.func.vmap(lambda t: torch.func.jvp(f, (x,), (t,))[1])(u)
-    return y.numel(), u, w
+#: Estimators of :func:`jacobian_moments` (``method``); ``"auto"`` picks one of the first two.
+METHODS = ("hutchinson", "hutch++", "auto")
+#: Probe distributions of the Hutchinson estimator (``distribution``).
+DISTRIBUTIONS = ("gaussian", "rademacher")
+#: Default memory budget (bytes) for one batch of probes.
+DEFAULT_MEMORY_BUDGET = 256 * 2**20
 
 
-def _autograd_products(f, x, probes, generator):
-    """The same products with plain autograd and one forward pass, for blocks that
-    torch.func cannot transform (in-place updates of running statistics): J u is obtained
-    as the gradient of (J^T r) . u with respect to a dummy r (the double-backward trick)."""
-    xr = x.clone().requires_grad_(True)
-    y = f(xr)
-    r = torch.zeros_like(y, requires_grad=True)
-    (jt_r,) = torch.autograd.grad(y, xr, r, create_graph=True)
-    v = torch.randn((probes, *y.shape), generator=generator, dtype=y.dtype).to(y.device)
-    us, ws = [], []
-    for vi in v:
-        (u,) = torch.autograd.grad(y, xr, vi, retain_graph=True)
-        (w,) = torch.autograd.grad(jt_r, r, u, retain_graph=True)
-        us.append(u)
-        ws.append(w)
-    return y.numel(), torch.stack(us), torch.stack(ws)
+class _Operator:
+    """Products of :math:`A=JJ^\\top` with batches of output-space vectors: ``apply(V)``
+    returns ``(J^T V, J J^T V)`` for ``V`` of shape ``(p, *y.shape)``, in chunks of at most
+    ``chunk`` vectors. torch.func (one vjp and one jvp per vector, batched with ``vmap``) is
+    tried first; blocks that torch.func cannot transform (in-place updates of running
+    statistics) fall back to plain autograd with one forward pass, where ``J u`` is the
+    gradient of :math:`(J^\\top r)\\cdot u` with respect to a dummy ``r`` (double backward)."""
+
+    def __init__(self, f, x: torch.Tensor, memory_budget: int | None):
+        self.f, self.x = f, x
+        self.products = 0
+        self._graph = None
+        try:
+            self.y, self._vjp = torch.func.vjp(f, x)
+            self.y = self.y.detach()
+        except RuntimeError:
+            self._vjp = None
+            self._build_graph()
+        self.n_out = self.y.numel()
+        budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
+        # a probe holds v, J^T v and J J^T v plus the block's intermediates (about as large
+        # again); an estimate, so the budget is approximate
+        per_probe = 4 * (x.numel() + 2 * self.n_out) * x.element_size()
+        self.chunk = max(1, int(budget // per_probe))
+
+    def _build_graph(self):
+        xr = self.x.clone().requires_grad_(True)
+        y = self.f(xr)
+        r = torch.zeros_like(y, requires_grad=True)
+        (jt_r,) = torch.autograd.grad(y, xr, r, create_graph=True)
+        self._graph = (xr, y, r, jt_r)
+        self.y = y.detach()
+
+    def _func(self, v):
+        u = torch.func.vmap(self._vjp)(v)[0]
+        w = torch.func.vmap(lambda t: torch.func.jvp(self.f, (self.x,), (t,))[1])(u)
+        return u, w
+
+    def _autograd(self, v):
+        xr, y, r, jt_r = self._graph
+        us, ws = [], []
+        for vi in v:
+            (u,) = torch.autograd.grad(y, xr, vi, retain_graph=True)
+            (w,) = torch.autograd.grad(jt_r, r, u, retain_graph=True)
+            us.append(u)
+            ws.append(w)
+        return torch.stack(us), torch.stack(ws)
+
+    def _apply_chunk(self, v):
+        if self._graph is None:
+            try:
+                return self._func(v)
+            except RuntimeError:
+                self._build_graph()
+        return self._autograd(v)
+
+    def apply(self, v: torch.Tensor):
+        self.products += v.shape[0]
+        if v.shape[0] <= self.chunk:
+            return self._apply_chunk(v)
+        parts = [self._apply_chunk(c) for c in v.split(self.chunk)]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+    def probes(self, p: int, generator, distribution: str) -> torch.Tensor:
+        shape = (p, *self.y.shape)
+        if distribution == "gaussian":
+            v = torch.randn(shape, generator=generator, dtype=self.y.dtype)
+        else:
+            v = torch.randint(0, 2, shape, generator=generator).to(self.y.dtype).mul_(2).sub_(1)
+        return v.to(self.y.device)
+
+
+def _sq_norms(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(t.shape[0], -1).to(torch.float64).pow(2).sum(1)
+
+
+class _Samples:
+    """Running per-probe samples of the two traces (residual part for Hutch++) plus the
+    exact sketch part; estimates and standard errors of :math:`\\phi_1, \\phi_2`."""
+
+    def __init__(self, n_out: int, base1: float = 0.0, base2: float = 0.0):
+        self.n_out, self.base = n_out, (base1, base2)
+        self.a: list[torch.Tensor] = []
+        self.b: list[torch.Tensor] = []
+
+    def add(self, u, w):
+        self.a.append(_sq_norms(u) / self.n_out)
+        self.b.append(_sq_norms(w) / self.n_out)
+
+    @property
+    def count(self) -> int:
+        return sum(len(t) for t in self.a)
+
+    def stats(self):
+        out = []
+        for base, xs in zip(self.base, (self.a, self.b)):
+            s = torch.cat(xs) if xs else torch.zeros(0, dtype=torch.float64)
+            mean = base / self.n_out + (s.mean().item() if len(s) else 0.0)
+            se = s.std().item() / math.sqrt(len(s)) if len(s) > 1 else math.inf
+            out.append((mean, se))
+        return out  # [(phi1, se1), (phi2, se2)]
+
+    def needed(self, rel_error: float) -> int:
+        """Residual samples in all for both relative standard errors <= rel_error
+        (from the sample variances so far)."""
+        need = 0
+        for base, xs in zip(self.base, (self.a, self.b)):
+            s = torch.cat(xs)
+            total = base / self.n_out + s.mean().item()
+            if total <= 0 or len(s) < 2:
+                continue
+            need = max(need, math.ceil(s.var().item() / (rel_error * total) ** 2))
+        return need
+
+
+def _orthonormal(w: torch.Tensor) -> torch.Tensor:
+    """Orthonormal basis (rows) of the span of the rows of ``w`` (p, *shape)."""
+    m = w.reshape(w.shape[0], -1).to(torch.float64)
+    q = torch.linalg.qr(m.T).Q  # (n_out, p)
+    return q.T
+
+
+def _deflate(v: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """``(I - Q Q^T) v`` for rows of ``v``, with ``q`` (k, n_out) orthonormal rows."""
+    m = v.reshape(v.shape[0], -1).to(torch.float64)
+    m = m - (m @ q.T) @ q
+    return m.to(v.dtype).reshape(v.shape)
+
+
+def _sketch(op: _Operator, q: torch.Tensor) -> tuple[float, float]:
+    """Exact traces of :math:`Q^\\top A Q=\\|J^\\top Q\\|^2` and :math:`Q^\\top A^2 Q=\\|AQ\\|^2`."""
+    qs = q.to(op.y.dtype).reshape(q.shape[0], *op.y.shape)
+    u, w = op.apply(qs)
+    return _sq_norms(u).sum().item(), _sq_norms(w).sum().item()
+
+
+def _result(s: _Samples, n_in: int, products: int, method: str, sketch: int):
+    (p1, s1), (p2, s2) = s.stats()
+    return JacobianMoments(p1, p2, s.n_out / n_in, s1, s2, n_in, s.n_out, products, method, sketch)
+
+
+def _run_residual(op, s, generator, q, distribution, count, rel_error, max_probes):
+    """Draw residual probes (deflated by ``q`` if given) in batches until ``count`` are in,
+    or, with ``rel_error``, until both relative standard errors reach it (sequentially, at
+    most ``max_probes`` products in all)."""
+    target = count
+    while True:
+        todo = target - s.count
+        if rel_error is not None:
+            todo = min(todo, max_probes - op.products)
+        if todo <= 0:
+            return
+        v = op.probes(todo, generator, distribution)
+        if q is not None:
+            v = _deflate(v, q)
+        s.add(*op.apply(v))
+        if rel_error is None:
+            return
+        need = s.needed(rel_error)
+        if need <= s.count:
+            return
+        # ask for 10 % more than predicted: the sample variance itself is noisy
+        target = max(s.count + 1, math.ceil(1.1 * need))
+
+
+def _hutch_pp(op, n_in, generator, probes, rel_error, max_probes, sketch):
+    """Hutch++ (Meyer, Musco, Musco & Woodruff 2021) on A and on A^2 from the same
+    products: sketch Q = orth(A S) (k products), exact traces on range(Q) (k products),
+    Hutchinson with Rademacher probes on the deflated remainder (m products)."""
+    if sketch is None:
+        sketch = max(1, probes // 3)
+    check_positive_int("sketch", sketch)
+    k = min(sketch, op.n_out)
+    s_probes = op.probes(k, generator, "rademacher")
+    _, w = op.apply(s_probes)
+    q = _orthonormal(w)
+    t1, t2 = _sketch(op, q)
+    s = _Samples(op.n_out, t1, t2)
+    m = max(2, probes - 2 * k)
+    if k >= op.n_out:  # the sketch spans the whole space: the traces are exact
+        return JacobianMoments(t1 / op.n_out, t2 / op.n_out, op.n_out / n_in, 0.0, 0.0, n_in,
+                               op.n_out, op.products, "hutch++", 2 * k)
+    _run_residual(op, s, generator, q, "rademacher", m if rel_error is None else 16,
+                  rel_error, max_probes)
+    return _result(s, n_in, op.products, "hutch++", 2 * k)
+
+
+def _auto(op, n_in, generator, rel_error, max_probes, pilot):
+    """Pilot of ``pilot`` Rademacher probes; predict the products each method still needs
+    for ``rel_error`` and continue with the cheaper one. Hutch++ reuses the pilot's products
+    A V as its sketch; its residual variance is predicted by deflating the pilot's sample
+    variance by the Nystrom approximation of the top of the spectrum (module docstring)."""
+    v = op.probes(pilot, generator, "rademacher")
+    u, w = op.apply(v)
+    s = _Samples(op.n_out)
+    s.add(u, w)
+    need_h = s.needed(rel_error)
+    # Nystrom: A_nys = W (V^T W)^+ W^T; its eigenvalues estimate the top of the spectrum
+    vm = v.reshape(pilot, -1).to(torch.float64)
+    wm = w.reshape(pilot, -1).to(torch.float64)
+    core = vm @ wm.T
+    core = (core + core.T) / 2
+    evals, evecs = torch.linalg.eigh(core)
+    keep = evals > evals.abs().max() * 1e-10
+    if keep.any():
+        z = wm.T @ (evecs[:, keep] / evals[keep].sqrt())  # A_nys = Z Z^T
+        mu = torch.linalg.eigvalsh(z.T @ z).clamp(min=0)
+    else:
+        mu = torch.zeros(1, dtype=torch.float64)
+    a, b = torch.cat(s.a), torch.cat(s.b)  # per-probe samples, divided by n_out
+    # residual variances: Var(g'^T B g') ~ 2 ||B||_F^2, deflated by the captured eigenvalues
+    n2 = op.n_out ** 2
+    var1 = max(a.var().item() - 2 * mu.pow(2).sum().item() / n2, 0.05 * a.var().item())
+    var2 = max(b.var().item() - 2 * mu.pow(4).sum().item() / n2, 0.05 * b.var().item())
+    tot1, tot2 = a.mean().item(), b.mean().item()
+    need_pp = max(math.ceil(var1 / (rel_error * tot1) ** 2) if tot1 > 0 else 0,
+                  math.ceil(var2 / (rel_error * tot2) ** 2) if tot2 > 0 else 0)
+    cost_h = max(0, need_h - pilot)
+    cost_pp = pilot + max(need_pp, 2)  # sketch traces (A Q) + residual
+    if cost_pp < 0.8 * cost_h and pilot < op.n_out:
+        q = _orthonormal(w)
+        t1, t2 = _sketch(op, q)
+        r = _Samples(op.n_out, t1, t2)
+        _run_residual(op, r, generator, q, "rademacher", max(2, min(need_pp, 16)), rel_error,
+                      max_probes)
+        return _result(r, n_in, op.products, "hutch++", 2 * pilot)
+    _run_residual(op, s, generator, None, "rademacher", math.ceil(1.1 * need_h), rel_error,
+                  max_probes)
+    return _result(s, n_in, op.products, "hutchinson", 0)
 
 
 def jacobian_moments(f, x: torch.Tensor, probes: int = 64,
                      generator: torch.Generator | None = None,
-                     exact: bool = False) -> JacobianMoments:
+                     exact: bool = False, *, method: str | None = None,
+                     rel_error: float | None = None, distribution: str | None = None,
+                     sketch: int | None = None, max_probes: int | None = None,
+                     memory_budget: int | None = None) -> JacobianMoments:
     """Estimate :math:`\\phi(JJ^\\top)` and :math:`\\phi((JJ^\\top)^2)` for the Jacobian of
     ``f`` at ``x``.
 
@@ -135,37 +346,74 @@ def jacobian_moments(f, x: torch.Tensor, probes: int = 64,
     x : torch.Tensor
         The input, finite and floating point (use float64 for tight checks).
     probes : int
-        Number of Gaussian probes (>= 1; >= 2 for a standard error).
+        Number of products with :math:`JJ^\\top` (each one vector-Jacobian and one
+        Jacobian-vector product; >= 2 for a standard error). Ignored with ``rel_error``.
     generator : torch.Generator, optional
         A CPU generator for the probes, for reproducible estimates on any device.
     exact : bool
         Materialise ``J`` with ``torch.func.jacrev`` and return exact traces (small blocks).
+    method : {"hutchinson", "hutch++", "auto"}, optional
+        ``"hutchinson"``: the probe average (Gaussian probes unless ``distribution`` says
+        otherwise: the estimates of earlier versions). ``"hutch++"``: Hutch++ (Meyer et al.
+        2021) with a sketch of ``sketch`` vectors (default ``probes // 3``), exact traces on
+        the sketch and Rademacher probes on the rest; it gains on spectra dominated by a few
+        large eigenvalues and loses up to a third of the products on flat ones. ``"auto"``
+        (the default when ``rel_error`` is given): a pilot of Rademacher probes, then the
+        method predicted to reach ``rel_error`` with fewer products. Default
+        ``"hutchinson"``.
+    rel_error : float, optional
+        Target relative standard error of both moments: probes are added in batches until
+        the estimated standard errors reach it (at most ``max_probes`` products, default
+        ``max(4096, 4 * n_out)``).
+    distribution : {"gaussian", "rademacher"}, optional
+        Probe distribution of ``"hutchinson"`` (default Gaussian; ``"auto"`` and
+        ``"hutch++"`` always use Rademacher probes, whose variance is lower by the
+        diagonal's share, :math:`2(\\|A\\|_F^2-\\sum_i A_{ii}^2)` instead of
+        :math:`2\\|A\\|_F^2`).
+    memory_budget : int, optional
+        Bytes one batch of probes may take (about; default 256 MiB): the probes run in
+        chunks of ``memory_budget // (4 (n_in + 2 n_out) itemsize)`` vectors.
+
+    The standard errors are those of the probe average, for Hutch++ of its residual part
+    (the sketch part is exact given the sketch), zero for ``exact=True``. ``probes`` of the
+    result counts the products with :math:`JJ^\\top` actually made (0 for the exact path).
     """
     x = _check_input(x)
     check_positive_int("probes", probes)
+    if method is None:
+        method = "hutchinson" if rel_error is None else "auto"
+    check_choice("method", method, METHODS)
+    check_choice("distribution", distribution, (None, *DISTRIBUTIONS))
+    if rel_error is not None:
+        check_positive("rel_error", rel_error)
+    elif method == "auto":
+        raise ValueError("method='auto' needs rel_error (a target relative standard error)")
+    if memory_budget is not None:
+        check_positive("memory_budget", memory_budget)
     if exact:
         try:
             return _exact(f, x)
         except RuntimeError as err:
             raise ValueError(f"f cannot be applied to x of shape {tuple(x.shape)}: {err}") from err
-    state = generator.get_state() if generator is not None else None
     try:
-        n_out, u, w = _func_products(f, x, probes, generator)
-    except RuntimeError:
-        if generator is not None:  # draw the same probes on the fallback path
-            generator.set_state(state)
-        try:
-            n_out, u, w = _autograd_products(f, x, probes, generator)
-        except RuntimeError as err:
-            raise ValueError(f"f cannot be applied to x of shape {tuple(x.shape)}: {err}") from err
-    a = u.reshape(probes, -1).to(torch.float64).pow(2).sum(1) / n_out
-    b = w.reshape(probes, -1).to(torch.float64).pow(2).sum(1) / n_out
-    if probes > 1:
-        a_se = a.std().item() / math.sqrt(probes)
-        b_se = b.std().item() / math.sqrt(probes)
-    else:
-        a_se = b_se = math.inf
-    return JacobianMoments(a.mean().item(), b.mean().item(), a_se, b_se, x.numel(), n_out, probes)
+        op = _Operator(f, x, memory_budget)
+        if max_probes is None:
+            max_probes = max(4096, 4 * op.n_out)
+        check_positive_int("max_probes", max_probes, minimum=2)
+        if method == "hutch++":
+            return _hutch_pp(op, x.numel(), generator, probes, rel_error, max_probes, sketch)
+        if method == "auto":
+            return _auto(op, x.numel(), generator, rel_error, max_probes,
+                         pilot=min(16, max_probes))
+        dist = distribution or "gaussian"
+        s = _Samples(op.n_out)
+        if rel_error is None:
+            s.add(*op.apply(op.probes(probes, generator, dist)))
+        else:
+            _run_residual(op, s, generator, None, dist, 16, rel_error, max_probes)
+    except RuntimeError as err:
+        raise ValueError(f"f cannot be applied to x of shape {tuple(x.shape)}: {err}") from err
+    return _result(s, x.numel(), op.products, "hutchinson", 0)
 
 
 def gradient_norms(model: nn.Module, loss: torch.Tensor) -> dict[str, float]:

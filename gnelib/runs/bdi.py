@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from gnelib.nn.init_conv import haar_orthogonal_
+from gnelib.nn.init import haar_orthogonal_
 from gnelib.base.errors import check_choice, check_positive, check_positive_int
 from gnelib.runs.registry import profiles_from_sizes, register
 from gnelib.nn.norms import SecondMomentNorm
@@ -325,7 +325,7 @@ class SerialGradientsConfig:
     seed: int = 0
 
     def __post_init__(self):
-        from gnelib.nn.init_conv import CONV_INITS
+        from gnelib.nn.init import CONV_INITS
         from gnelib.nn.convnets import CONV_ACTIVATIONS, NORMS
         check_choice("norm", self.norm, NORMS)
         check_choice("init", self.init, CONV_INITS)

@@ -14,9 +14,9 @@ import torch
 from gnelib.base.device import torch_threads
 from gnelib.probes.bn_chain import bn_chain_gaps
 from gnelib.theory.bn_rates import gaussian_gap_rate, paper_local_rate, yang_rate
-from gnelib.nn.batchnorm import BNMLP
+from gnelib.nn.batchnorm import BN_ACTIVATIONS, BN_INITS, BNMLP, NORMS
 from gnelib.base.errors import check_choice, check_positive_int
-from gnelib.runs.registry import parse_numbers, profiles_from_sizes, register
+from gnelib.runs.registry import Config, param, register
 from gnelib.probes.isometry import gram_eigenvalues, haar_orthogonal, isometry_gap, isometry_gaps
 from gnelib.theory.weingarten import haar_moment
 
@@ -25,7 +25,10 @@ __all__ = ["row_bn", "monotonicity_paths", "weingarten_mc_table", "theorem3_one_
            "yang_rate", "paper_local_rate", "train_bn_depths", "load_bn_training_data",
            "TrainResult", "gaussian_gap_rate", "gaussian_gap_growth", "BNDepthSweepConfig",
            "bn_depth_sweep", "BNRateLawConfig", "bn_rate_law", "BNTrainDepthsConfig",
-           "bn_train_depths", "train_result_from_record"]
+           "bn_train_depths", "train_result_from_record", "haar_moment_draws", "MOMENT_PATTERNS",
+           "BNConditionsConfig", "bn_conditions", "BNShapingConfig", "bn_shaping",
+           "BNExponentRateConfig", "bn_exponent_rate", "BNYangConfig", "bn_yang_rates",
+           "extrapolate_inverse_width"]
 
 
 def row_bn(x: np.ndarray) -> np.ndarray:
@@ -45,11 +48,14 @@ def monotonicity_paths(width: int, paths: int, steps: int, generator: torch.Gene
     :math:`r_j=\\|X'_{j\\cdot}\\|^2`, and the pathwise monotonicity it implies. Returns the
     gaps ``(paths, steps+1)``, the largest absolute and relative violations of the identity
     and the largest relative change of :math:`\\phi` in one step (negative: every step
-    decreased it)."""
+    decreased it), and ``predicted`` ``(paths, steps)``: the identity's value of
+    :math:`\\phi(X_{\\ell+1})` from :math:`\\phi(X_\\ell)` and the row norms (to compare with
+    ``gaps[:, 1:]``)."""
     d = check_positive_int("width", width)
     x = torch.randn(paths, d, d, generator=generator, dtype=torch.float64).numpy()
     gaps = [isometry_gaps(x)]
     ident_err, ident_abs, increase = 0.0, 0.0, -math.inf
+    preds = []
     for _ in range(steps):
         xp = _haar(d, paths, generator) @ x
         r = (xp ** 2).sum(-1)
@@ -60,36 +66,71 @@ def monotonicity_paths(width: int, paths: int, steps: int, generator: torch.Gene
         ident_err = max(ident_err, float(np.max(np.abs(phi - pred) / np.maximum(phi, 1e-300))))
         increase = max(increase, float(np.max((phi - gaps[-1]) / gaps[-1])))
         gaps.append(phi)
+        preds.append(pred)
     return dict(gaps=np.stack(gaps, 1), identity_rel_err=ident_err, identity_abs_err=ident_abs,
-                max_rel_increase=increase)
+                max_rel_increase=increase, predicted=np.stack(preds, 1))
 
 
-#: Index patterns (rows, cols) of the Haar moments compared with Monte Carlo.
+#: Index patterns (rows, cols) of the Haar moments compared with Monte Carlo: degrees 1 and 3
+#: (zero by Haar invariance under column sign flips; a QR sampler without the sign fix biases
+#: them), and degrees 4, 6, 8 (m = 2, 3, 4), each coset type of m <= 3 and two of m = 4.
 MOMENT_PATTERNS = [
-    ("E[W_ik^2 W_jq^2] (E1)", [0, 0, 1, 1], [0, 0, 1, 1]),
-    ("E[W_ik^2 W_jk^2] (E2)", [0, 0, 1, 1], [0, 0, 0, 0]),
-    ("E[W_ik^4]", [0, 0, 0, 0], [0, 0, 0, 0]),
-    ("E[W_11 W_12 W_21 W_22]", [0, 0, 1, 1], [0, 1, 0, 1]),
-    ("E[W_11^2 W_22^2 W_33^2]", [0, 0, 1, 1, 2, 2], [0, 0, 1, 1, 2, 2]),
-    ("E[W_11^2 W_12^2 W_22^2]", [0, 0, 0, 0, 1, 1], [0, 0, 1, 1, 1, 1]),
-    ("E[W_11 W_12 W_21 W_22 W_33^2]", [0, 0, 1, 1, 2, 2], [0, 1, 0, 1, 2, 2]),
-    ("E[W_11^6]", [0] * 6, [0] * 6),
+    ("E[W11]", [0], [0]),
+    ("E[W11^3]", [0, 0, 0], [0, 0, 0]),
+    ("E[W11 W21^2]", [0, 1, 1], [0, 0, 0]),
+    ("E[W11 W12 W21 W22]", [0, 0, 1, 1], [0, 1, 0, 1]),
+    ("E[W11^2 W22^2] (E1)", [0, 0, 1, 1], [0, 0, 1, 1]),
+    ("E[W11^2 W21^2] (E2)", [0, 0, 1, 1], [0, 0, 0, 0]),
+    ("E[W11^4]", [0] * 4, [0] * 4),
+    ("E[W11 W12 W22 W23 W33 W31]", [0, 0, 1, 1, 2, 2], [0, 1, 1, 2, 2, 0]),
+    ("E[W11 W12 W21 W22 W33^2]", [0, 0, 1, 1, 2, 2], [0, 1, 0, 1, 2, 2]),
+    ("E[W11^2 W22^2 W33^2]", [0, 0, 1, 1, 2, 2], [0, 0, 1, 1, 2, 2]),
+    ("E[W11^6]", [0] * 6, [0] * 6),
+    ("E[W11 W12 W22 W23 W33 W34 W44 W41]", [0, 0, 1, 1, 2, 2, 3, 3], [0, 1, 1, 2, 2, 3, 3, 0]),
+    ("E[W11 W12 W21 W22 W33 W34 W43 W44]", [0, 0, 1, 1, 2, 2, 3, 3], [0, 1, 0, 1, 2, 3, 2, 3]),
+    ("E[W11^8]", [0] * 8, [0] * 8),
 ]
 
 
-def weingarten_mc_table(width: int, draws: int, generator: torch.Generator) -> list[dict]:
-    """Exact Haar moments of degree 4 and 6 (:func:`~gnelib.theory.weingarten.haar_moment`, the
-    Weingarten formula) against the mean over ``draws`` Haar matrices, with its standard
-    error. For the moments with distinct rows and columns, Monte Carlo averages over all
-    index choices with the same pattern (exchangeable by Haar invariance)."""
+def haar_moment_draws(width: int, draws: int, generator: torch.Generator,
+                      patterns=None) -> dict:
+    """Per-draw estimates of the Haar moments of ``patterns`` (default
+    :data:`MOMENT_PATTERNS`) on O(``width``), and their exact values
+    (:func:`~gnelib.theory.weingarten.haar_moment`, the Weingarten formula).
+
+    Each draw's estimate averages the pattern over the ``width**2`` cyclic relabellings
+    ``i -> i + s``, ``j -> j + t`` (mod ``width``) of its row and column indices: unbiased,
+    because a Haar matrix has the law of its row and column permutations, and much less
+    noisy than one index choice. The draws are independent, so a joint test of all moments
+    (Hotelling's T²) uses their sample covariance. Returns ``names``, ``degree``, ``exact``
+    (k,) and ``values`` (draws, k). Used in: bn, § Where Weingarten calculus enters."""
     d = check_positive_int("width", width)
-    W = _haar(d, draws, generator)
-    rows = []
-    for name, r, c in MOMENT_PATTERNS:
-        s = np.prod(W[:, r, c], axis=1)
-        rows.append(dict(moment=name, degree=len(r), exact=haar_moment(r, c, d),
-                         mc=float(s.mean()), se=float(s.std(ddof=1) / math.sqrt(draws))))
-    return rows
+    patterns = MOMENT_PATTERNS if patterns is None else patterns
+    if any(max(r + c) >= d for _, r, c in patterns):
+        raise ValueError(f"width {d} is too small for the patterns (need > largest index)")
+    W = _haar(d, check_positive_int("draws", draws, minimum=2), generator)
+    cols = []
+    for _, r, c in patterns:
+        r, c = np.asarray(r), np.asarray(c)
+        acc = np.zeros(len(W))
+        for s in range(d):
+            Ws = W[:, (r + s) % d]
+            for t in range(d):
+                acc += np.prod(Ws[:, np.arange(len(r)), (c + t) % d], axis=1)
+        cols.append(acc / d ** 2)
+    return dict(width=d, names=[n for n, _, _ in patterns], degree=[len(r) for _, r, _ in patterns],
+                exact=np.array([haar_moment(r, c, d) for _, r, c in patterns]),
+                values=np.stack(cols, 1))
+
+
+def weingarten_mc_table(width: int, draws: int, generator: torch.Generator) -> list[dict]:
+    """:func:`haar_moment_draws` as table rows: moment, degree, exact value, Monte Carlo mean
+    and its standard error."""
+    r = haar_moment_draws(width, draws, generator)
+    v = r["values"]
+    return [dict(moment=n, degree=k, exact=float(e), mc=float(v[:, i].mean()),
+                 se=float(v[:, i].std(ddof=1) / math.sqrt(len(v))))
+            for i, (n, k, e) in enumerate(zip(r["names"], r["degree"], r["exact"]))]
 
 
 def theorem3_one_step(width: int, draws: int, generator: torch.Generator) -> dict:
@@ -216,6 +257,7 @@ class TrainResult:
     loss: list
     weight_gaps: np.ndarray
     diverged: bool
+    weight_change: np.ndarray | None = None
 
     @property
     def middle_gap(self) -> float:
@@ -242,7 +284,8 @@ def train_bn_depths(data, depths, width: int, steps: int, lr: float, generator: 
     """Train one BN MLP per depth (Meterez et al. 2024, Section 5 and Fig. 4): orthogonal
     init, ``nn.BatchNorm1d`` with bias, activation shaping :math:`\\alpha_\\ell=\\ell^{-k}`,
     plain SGD (no momentum, no weight decay) with batch size = width, as in the paper.
-    Also returns the isometry gap of every trained square weight (their Fig. 6)."""
+    Also returns the isometry gap of every trained square weight (their Fig. 6) and its
+    relative Frobenius change :math:`\\|W_\\ell-W_\\ell(0)\\|_F/\\|W_\\ell(0)\\|_F`."""
     from gnelib.training import train
     device = torch.device(device)
     out = []
@@ -251,19 +294,22 @@ def train_bn_depths(data, depths, width: int, steps: int, lr: float, generator: 
             model = BNMLP(int(np.prod(data.input_shape)), width, L, data.num_classes,
                           init="orthogonal", norm="torch", activation=activation, bias=True,
                           gain_exponent=gain_exponent, generator=generator)
+            w0 = [m.weight.detach().clone() for m in model.layers[1:]]
             hist = train(model, data, steps=steps, batch_size=width, lr=lr, momentum=0.0,
                          device=device, generator=generator, progress=progress,
                          desc=f"depth {L}")
             flat = data.x_train.flatten(1)
             gaps = np.array([isometry_gap(m.weight.detach().double().cpu())
                              for m in model.layers[1:]])
+            change = np.array([float((m.weight.detach().cpu() - a.cpu()).norm() / a.norm())
+                               for m, a in zip(model.layers[1:], w0)])
             n_eval = min(len(flat), 4096)
             out.append(TrainResult(
                 depth=L,
                 train_acc=_batch_stat_accuracy(model, flat[:n_eval], data.y_train[:n_eval], width, device),
                 test_acc=_batch_stat_accuracy(model, data.x_test.flatten(1), data.y_test, width, device),
                 test_acc_eval_mode=hist.final_accuracy, loss=hist.loss, weight_gaps=gaps,
-                diverged=hist.diverged))
+                diverged=hist.diverged, weight_change=change))
     return out
 
 
@@ -301,137 +347,264 @@ def gaussian_gap_growth(width: int, paths: int, steps: int, generator: torch.Gen
 
 
 # ------------------------------------------------------------ registered experiments
-# The chapter's expensive runs as registered experiments (gnelib.runs.registry): a frozen
-# configuration of int/float/str/bool fields, so list-valued sizes (depths, gains) are
-# comma-separated strings; the profiles are built from SIZES["bn"], the one source of truth.
+# The chapter's expensive runs, one registered experiment per figure; the per-profile table of
+# each ``@register`` is the only source of that run's sizes (``gne run NAME --profile P``).
 
-def _profiles(**fields) -> dict:
-    return profiles_from_sizes("bn", fields)
+def _sweep(depths, width, batch, seeds, seed, device, progress, **net):
+    from gnelib.probes.bn_chain import log_grad_norm_vs_depth
+    return np.asarray(log_grad_norm_vs_depth(list(depths), width, batch, seeds=seeds, seed=seed,
+                                             device=device, progress=progress, **net), dtype=float)
 
 
 @dataclass(frozen=True)
-class BNDepthSweepConfig:
+class BNDepthSweepConfig(Config):
     """One depth sweep of the log gradient norm of a BN MLP at initialisation."""
 
-    depths: str = "5,10,20,50,100"
-    width: int = 32
-    batch: int = 32
-    in_dim: int = 0  # 0: the width
-    init: str = "orthogonal"
-    norm: str = "paper"
-    activation: str = "identity"
-    gain_exponent: float = 0.0
-    mean_reduction: bool = False
-    distinct: int = 0  # 0: all batch samples distinct
-    seeds: int = 8
-    seed: int = 0
-
-    def __post_init__(self):
-        parse_numbers(self.depths, "depths")
-        for f in ("width", "batch", "seeds"):
-            check_positive_int(f, getattr(self, f))
-        for f in ("in_dim", "distinct", "seed"):
-            check_positive_int(f, getattr(self, f), minimum=0)
+    depths: tuple[int, ...] = param((5, 10, 20, 50, 100), positive=True)
+    width: int = param(32, positive=True)
+    batch: int = param(32, positive=True)
+    in_dim: int = param(0, minimum=0, doc="0: the width")
+    init: str = param("orthogonal", choices=BN_INITS)
+    norm: str = param("paper", choices=NORMS)
+    activation: str = param("identity", choices=BN_ACTIVATIONS)
+    gain_exponent: float = param(0.0, minimum=0.0)
+    mean_reduction: bool = param(False)
+    sqrt_n: bool = param(False, doc="the paper's BN with the factor sqrt(n) (authors' code)")
+    distinct: int = param(0, minimum=0, doc="0: all batch samples distinct")
+    seeds: int = param(8, minimum=2)
+    seed: int = param(0, minimum=0)
 
 
 @register("bn_depth_sweep", BNDepthSweepConfig,
-          profiles=_profiles(depths="depths", width="width", batch="width", seeds="seeds"))
+          profiles={"smoke": dict(depths=(5, 10, 20, 50, 100), width=32, batch=32, seeds=16),
+                    "book": dict(depths=(5, 10, 20, 50, 100, 200, 300, 500), width=100, batch=100,
+                                 seeds=8),
+                    "full": dict(depths=(5, 10, 20, 50, 100, 200, 500, 1000), width=100,
+                                 batch=100, seeds=10)})
 def bn_depth_sweep(config: BNDepthSweepConfig, device="cpu", progress: bool = False) -> dict:
     """:math:`\\log\\|\\nabla_{W_1}\\mathcal L\\|_F` at initialisation against depth (Meterez
     et al. 2024, Fig. 3 / Theorem 5) with
-    :func:`~gnelib.probes.bn_chain.log_grad_norm_vs_depth`, seeded by ``config.seed``: the
-    orthogonal-vs-Gaussian, batch-size, degenerate-batch and activation-shaping sweeps of the
-    chapter. Returns ``depths`` and ``log_grad_norm`` (seeds x depths)."""
-    from gnelib.probes.bn_chain import log_grad_norm_vs_depth
-    depths = parse_numbers(config.depths, "depths")
-    g = log_grad_norm_vs_depth(depths, config.width, config.batch, in_dim=config.in_dim or None,
-                               init=config.init, norm=config.norm, activation=config.activation,
-                               gain_exponent=config.gain_exponent,
-                               mean_reduction=config.mean_reduction,
-                               distinct=config.distinct or None, seeds=config.seeds,
-                               seed=config.seed, device=device, progress=progress)
-    return {"depths": depths, "log_grad_norm": np.asarray(g, dtype=float)}
+    :func:`~gnelib.probes.bn_chain.log_grad_norm_vs_depth`, seeded by ``config.seed``.
+    Returns ``depths`` and ``log_grad_norm`` (seeds x depths). Used in: bn, § Gradients."""
+    g = _sweep(config.depths, config.width, config.batch, config.seeds, config.seed, device,
+               progress, in_dim=config.in_dim or None, init=config.init, norm=config.norm,
+               activation=config.activation, gain_exponent=config.gain_exponent,
+               mean_reduction=config.mean_reduction, factor="sqrt_n" if config.sqrt_n else 1.0,
+               distinct=config.distinct or None)
+    return {"depths": list(config.depths), "log_grad_norm": g}
 
 
 @dataclass(frozen=True)
-class BNRateLawConfig:
+class BNConditionsConfig(Config):
+    """Depth sweeps with orthogonal weights when a condition of Theorem 5 fails."""
+
+    depths: tuple[int, ...] = param((5, 10, 20, 50, 100), positive=True)
+    width: int = param(16, positive=True)
+    batches: tuple[int, ...] = param((8, 12, 16, 32, 64), positive=True)
+    distinct: tuple[int, ...] = param((2, 4, 8, 15, 16), positive=True)
+    mr_width: int = param(8, positive=True)
+    seeds: int = param(16, minimum=2)
+    mr_seeds: int = param(64, minimum=2)
+    seed: int = param(50, minimum=0)
+
+
+@register("bn_conditions", BNConditionsConfig,
+          profiles={"smoke": dict(), "book": dict(depths=(5, 10, 20, 50, 100, 200, 300, 500),
+                                                  width=32, batches=(16, 24, 32, 64, 128),
+                                                  distinct=(4, 8, 16, 31, 32), mr_width=16,
+                                                  seeds=8, mr_seeds=32),
+                    "full": dict(depths=(5, 10, 20, 50, 100, 200, 500, 1000), width=100,
+                                 batches=(50, 75, 100, 200, 400), distinct=(10, 25, 50, 99, 100),
+                                 mr_width=32, seeds=10, mr_seeds=32)})
+def bn_conditions(config: BNConditionsConfig, device="cpu", progress: bool = False) -> dict:
+    """The failure modes of the theorem (Meterez et al. 2024, Fig. 2 and Fig. G6): batch size
+    ``n`` against width (inputs of dimension ``2 width``), batches of ``n = d`` built from
+    ``r`` distinct samples, and mean reduction at ``n = d`` and ``n = d + 1`` for standard BN
+    and for the paper's BN with centring. The two mean-reduction variants share their seeds
+    (paired: same weights and inputs), so their difference is measured with little noise.
+    Returns ``batch``, ``distinct`` (lists of seeds x depths arrays, in the order of the
+    configuration) and ``mean_reduction`` ({"torch"|"paper": [n = d, n = d + 1]})."""
+    d, mw, s0 = config.width, config.mr_width, config.seed
+    kw = dict(depths=config.depths, seeds=config.seeds, device=device, progress=progress)
+    batch = [_sweep(width=d, batch=n, seed=s0 + i, in_dim=2 * d, **kw)
+             for i, n in enumerate(config.batches)]
+    distinct = [_sweep(width=d, batch=d, seed=s0 + 10 + i, distinct=r, **kw)
+                for i, r in enumerate(config.distinct)]
+    mr = {norm: [_sweep(config.depths, mw, n, config.mr_seeds, s0 + 20 + j, device, progress,
+                        norm=norm, mean_reduction=(norm == "paper"))
+                 for j, n in enumerate([mw, mw + 1])] for norm in ("torch", "paper")}
+    return {"batch": batch, "distinct": distinct, "mean_reduction": mr}
+
+
+@dataclass(frozen=True)
+class BNShapingConfig(Config):
+    """Depth sweeps with standard BN, orthogonal weights and activations, with and without
+    activation shaping."""
+
+    depths: tuple[int, ...] = param((5, 10, 20, 50, 100), positive=True)
+    width: int = param(16, positive=True)
+    activations: tuple[str, ...] = param(("identity", "tanh", "sin"), choices=BN_ACTIVATIONS)
+    gain_exponent: float = param(0.4, minimum=0.0)
+    seeds: int = param(16, minimum=2)
+    seed: int = param(80, minimum=0)
+
+
+@register("bn_shaping", BNShapingConfig,
+          profiles={"smoke": dict(), "book": dict(depths=(5, 10, 20, 50, 100, 200, 300, 500),
+                                                  width=32, seeds=8),
+                    "full": dict(depths=(5, 10, 20, 50, 100, 200, 500, 1000), width=100,
+                                 seeds=10)})
+def bn_shaping(config: BNShapingConfig, device="cpu", progress: bool = False) -> dict:
+    """Meterez et al. (2024), Fig. 5 and Fig. G5-left: :math:`\\log\\|\\nabla_{W_1}\\mathcal L\\|_F`
+    against depth for every activation, unshaped (``"plain"``) and with gains
+    :math:`\\alpha_\\ell=\\ell^{-k}` (``"shaped"``); arms of one activation share their seed.
+    Returns ``{activation: {"plain": (seeds x depths), "shaped": ...}}``."""
+    out = {}
+    for i, act in enumerate(config.activations):
+        out[act] = {tag: _sweep(config.depths, config.width, config.width, config.seeds,
+                                config.seed + i, device, progress, norm="torch", activation=act,
+                                gain_exponent=k)
+                    for tag, k in (("plain", 0.0), ("shaped", config.gain_exponent))}
+    return {"sweeps": out}
+
+
+@dataclass(frozen=True)
+class BNRateLawConfig(Config):
     """Per-layer log gradient norms of one deep BN MLP at constant gains α."""
 
-    alphas: str = "0.35,0.5,0.7,1"
-    activation: str = "tanh"
-    depth: int = 100
-    width: int = 16
-    seeds: int = 24
-    seed: int = 0
-
-    def __post_init__(self):
-        parse_numbers(self.alphas, "alphas", float)
-        for f in ("depth", "width", "seeds"):
-            check_positive_int(f, getattr(self, f))
-        check_positive_int("seed", self.seed, minimum=0)
+    alphas: tuple[float, ...] = param((0.35, 0.5, 0.7, 1.0), positive=True)
+    activation: str = param("tanh", choices=BN_ACTIVATIONS)
+    depth: int = param(100, positive=True)
+    width: int = param(16, positive=True)
+    seeds: int = param(24, minimum=2)
+    seed: int = param(100, minimum=0)
 
 
 @register("bn_rate_law", BNRateLawConfig,
-          profiles=_profiles(alphas="rate_alphas", depth="rate_depth", width="cond_width",
-                             seeds="rate_seeds"))
+          profiles={"smoke": dict(), "book": dict(alphas=(0.25, 0.35, 0.5, 0.7, 1.0), depth=200,
+                                                  width=32, seeds=12),
+                    "full": dict(alphas=(0.15, 0.25, 0.35, 0.5, 0.7, 0.9, 1.0), depth=1000,
+                                 width=100, seeds=10)})
 def bn_rate_law(config: BNRateLawConfig, device="cpu", progress: bool = False) -> dict:
     """The explosion rate :math:`R(\\alpha)` of activation shaping (Meterez et al. 2024,
-    Section 4): for every constant gain α of ``alphas`` the per-layer profile
+    Section 4, Fig. E1): for every constant gain α of ``alphas`` the per-layer profile
     :func:`~gnelib.probes.bn_chain.layer_gradient_profile` of a ``depth``-layer BN MLP
     (standard BN, orthogonal weights, d = n = ``width``), seeded by ``seed + j`` for the
     j-th gain. Returns ``alphas`` and ``profiles`` (gains x seeds x layers)."""
     from gnelib.probes.bn_chain import layer_gradient_profile
-    alphas = parse_numbers(config.alphas, "alphas", float)
     profs = [layer_gradient_profile(config.depth, config.width, config.width, norm="torch",
                                     activation=config.activation, gain=al, seeds=config.seeds,
                                     seed=config.seed + j, device=device, progress=progress)
-             for j, al in enumerate(alphas)]
-    return {"alphas": alphas, "profiles": np.asarray(profs, dtype=float)}
+             for j, al in enumerate(config.alphas)]
+    return {"alphas": list(config.alphas), "profiles": np.asarray(profs, dtype=float)}
 
 
 @dataclass(frozen=True)
-class BNTrainDepthsConfig:
-    """SGD training of shaped BN MLPs of several depths (:func:`train_bn_depths`)."""
+class BNExponentRateConfig(Config):
+    """Per-layer log gradient norms of shaped BN MLPs for several gain exponents and depths."""
 
-    train_data: str = "gaussian_mixture"
-    depths: str = "10,30"
-    width: int = 32
-    steps: int = 60
-    lr: float = 0.01
-    activation: str = "tanh"
-    gain_exponent: float = 0.4
-    data_seed: int = 0
-    seed: int = 0
+    exponents: tuple[float, ...] = param((0.2, 0.4, 0.7, 1.0), minimum=0.0)
+    depths: tuple[int, ...] = param((50, 100), positive=True)
+    activation: str = param("tanh", choices=BN_ACTIVATIONS)
+    width: int = param(16, positive=True)
+    seeds: int = param(12, minimum=2)
+    seed: int = param(300, minimum=0)
+
+
+@register("bn_exponent_rate", BNExponentRateConfig,
+          profiles={"smoke": dict(), "book": dict(exponents=(0.1, 0.2, 0.4, 0.7, 1.0),
+                                                  depths=(100, 200), width=32, seeds=8),
+                    "full": dict(exponents=(0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0),
+                                 depths=(100, 200, 500, 1000), width=100, seeds=10)})
+def bn_exponent_rate(config: BNExponentRateConfig, device="cpu", progress: bool = False) -> dict:
+    """Meterez et al. (2024), Fig. E2: the per-layer profile of
+    :math:`\\log\\|\\nabla_{W_\\ell}\\mathcal L\\|_F` of BN MLPs (standard BN, orthogonal weights,
+    d = n = ``width``) shaped with :math:`\\alpha_\\ell=\\ell^{-k}`, for every gain exponent
+    ``k`` and depth. Returns ``profiles[depth index][exponent index]`` (seeds x layers)."""
+    from gnelib.probes.bn_chain import layer_gradient_profile
+    profs = [[np.asarray(layer_gradient_profile(L, config.width, config.width, norm="torch",
+                                                activation=config.activation, gain_exponent=k,
+                                                seeds=config.seeds, seed=config.seed + 10 * i + j,
+                                                device=device, progress=progress), dtype=float)
+              for j, k in enumerate(config.exponents)] for i, L in enumerate(config.depths)]
+    return {"exponents": list(config.exponents), "depths": list(config.depths), "profiles": profs}
+
+
+@dataclass(frozen=True)
+class BNYangConfig(Config):
+    """Per-layer log gradient norms of Gaussian BN MLPs in Yang et al.'s regime (width much
+    larger than the batch), for the paper's BN and standard BN, at several widths."""
+
+    widths: tuple[int, ...] = param((128, 256), positive=True)
+    seeds: tuple[int, ...] = param((16, 16), minimum=2)
+    batch: int = param(16, minimum=4)
+    depth: int = param(200, positive=True)
+    seed: int = param(40, minimum=0)
 
     def __post_init__(self):
-        check_choice("train_data", self.train_data, TRAIN_DATA)
-        parse_numbers(self.depths, "depths")
-        for f in ("width", "steps"):
-            check_positive_int(f, getattr(self, f))
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr!r}")
-        for f in ("data_seed", "seed"):
-            check_positive_int(f, getattr(self, f), minimum=0)
+        super().__post_init__()
+        if len(self.seeds) != len(self.widths) or len(self.widths) < 2:
+            raise ValueError(f"seeds must give one count per width, and at least two widths; "
+                             f"got widths={self.widths}, seeds={self.seeds}")
+
+
+@register("bn_yang_rates", BNYangConfig,
+          profiles={"smoke": dict(widths=(128, 256), seeds=(8, 8), depth=120),
+                    "book": dict(widths=(128, 256), seeds=(32, 32), depth=200),
+                    "full": dict(widths=(256, 512, 1024), seeds=(64, 32, 16), depth=400)})
+def bn_yang_rates(config: BNYangConfig, device="cpu", progress: bool = False) -> dict:
+    """Yang et al. (2019), Thm 3.9, tested in its regime: the per-layer profile
+    :func:`~gnelib.probes.bn_chain.layer_gradient_profile` of ``depth``-layer Gaussian BN MLPs
+    of every width with batch ``batch``, for the paper's (uncentred) BN and standard (centred)
+    BN. Returns ``profiles[norm][width index]`` (seeds x layers). Used in: bn, § Gradients."""
+    from gnelib.probes.bn_chain import layer_gradient_profile
+    out = {}
+    for i, norm in enumerate(("paper", "torch")):
+        out[norm] = [np.asarray(layer_gradient_profile(config.depth, w, config.batch,
+                                                       init="gaussian", norm=norm, seeds=s,
+                                                       seed=config.seed + 10 * i + j,
+                                                       device=device, progress=progress),
+                                dtype=float)
+                     for j, (w, s) in enumerate(zip(config.widths, config.seeds))]
+    return {"widths": list(config.widths), "profiles": out}
+
+
+@dataclass(frozen=True)
+class BNTrainDepthsConfig(Config):
+    """SGD training of shaped BN MLPs of several depths (:func:`train_bn_depths`)."""
+
+    train_data: str = param("gaussian_mixture", choices=TRAIN_DATA)
+    depths: tuple[int, ...] = param((10, 30), positive=True)
+    width: int = param(32, positive=True)
+    steps: int = param(60, positive=True)
+    lr: float = param(0.01, positive=True)
+    activation: str = param("tanh", choices=BN_ACTIVATIONS)
+    gain_exponent: float = param(0.4, minimum=0.0)
+    data_seed: int = param(200, minimum=0)
+    seed: int = param(201, minimum=0)
 
 
 @register("bn_train_depths", BNTrainDepthsConfig,
-          profiles=_profiles(train_data="train_data", depths="train_depths", width="train_width",
-                             steps="train_steps", lr="train_lr", gain_exponent="gain_exponent"),
+          profiles={"smoke": dict(),
+                    "book": dict(depths=(10, 30, 100), steps=640),
+                    "full": dict(train_data="cifar10", depths=(100, 500, 1000), width=100,
+                                 steps=10000, lr=0.001)},
           summary=lambda r: {"data": r["data"],
                              "train_acc_deepest": r["runs"][-1]["train_acc"]})
 def bn_train_depths(config: BNTrainDepthsConfig, device="cpu", progress: bool = False) -> dict:
-    """:func:`train_bn_depths` (Meterez et al. 2024, Section 5 and Fig. 4) on
+    """:func:`train_bn_depths` (Meterez et al. 2024, Section 5 and Fig. 6) on
     :func:`load_bn_training_data` (its generator seeded by ``data_seed``, training by
     ``seed``). Returns the data set used, its number of classes, and per depth the fields
     of :class:`TrainResult`."""
     data, name = load_bn_training_data(config.train_data, torch.Generator().manual_seed(config.data_seed))
-    res = train_bn_depths(data, parse_numbers(config.depths, "depths"), config.width, config.steps,
+    res = train_bn_depths(data, list(config.depths), config.width, config.steps,
                           config.lr, torch.Generator().manual_seed(config.seed),
                           activation=config.activation, gain_exponent=config.gain_exponent,
                           device=device, progress=progress)
     runs = [dict(depth=r.depth, train_acc=r.train_acc, test_acc=r.test_acc,
                  test_acc_eval_mode=r.test_acc_eval_mode, loss=[float(v) for v in r.loss],
-                 weight_gaps=np.asarray(r.weight_gaps, dtype=float), diverged=bool(r.diverged))
+                 weight_gaps=np.asarray(r.weight_gaps, dtype=float), diverged=bool(r.diverged),
+                 weight_change=np.asarray(r.weight_change, dtype=float))
             for r in res]
     return {"data": name, "num_classes": int(data.num_classes), "runs": runs}
 
@@ -442,4 +615,18 @@ def train_result_from_record(run: dict) -> TrainResult:
                        test_acc_eval_mode=run["test_acc_eval_mode"],
                        loss=np.asarray(run["loss"], dtype=float).tolist(),
                        weight_gaps=np.asarray(run["weight_gaps"], dtype=float),
-                       diverged=bool(run["diverged"]))
+                       diverged=bool(run["diverged"]),
+                       weight_change=np.asarray(run.get("weight_change", []), dtype=float))
+
+
+def extrapolate_inverse_width(widths, rates, ses) -> tuple[float, float, float]:
+    """The width-to-infinity limit of a rate measured at several widths, assuming a finite-width
+    correction linear in ``1/N``: weighted least squares of ``rate`` on ``1/N`` (exact
+    interpolation for two widths). Returns ``(intercept, its standard error, slope in 1/N)``.
+    The widths are measured independently, so the standard errors combine in quadrature."""
+    x = 1.0 / np.asarray(widths, dtype=float)
+    y, s = np.asarray(rates, dtype=float), np.asarray(ses, dtype=float)
+    A = np.stack([np.ones_like(x), x], 1) / s[:, None]
+    cov = np.linalg.inv(A.T @ A)
+    beta = cov @ A.T @ (y / s)
+    return float(beta[0]), float(math.sqrt(cov[0, 0])), float(beta[1])

@@ -26,7 +26,7 @@ class GradientNormsConfig(Config):
     """A deep ReLU MLP at initialisation, probed on one random batch."""
 
     init: str = param("he", choices=MLP_INITS)
-    gain: float = param(1.0, positive=True)
+    gain: float = param(0.0, minimum=0.0, doc="full gain g of the init (0: the scheme's default, √2 for he)")
     width: int = param(256, positive=True)
     depth: int = param(32, positive=True)
     in_dim: int = param(40, positive=True)
@@ -43,11 +43,22 @@ def _summary_gradient_norms(result: dict) -> dict:
             "end_to_end_phi": result["end_to_end_phi"]}
 
 
+def _mlp_params(in_dim: int, width: int, depth: int, classes: int) -> int:
+    return in_dim * width + (depth - 1) * width * width + width * classes + depth * width + classes
+
+
+def _memory_gradient_norms(c: GradientNormsConfig) -> int:
+    """float64: the weights and their gradients, the forward activations, and the probes'
+    vmapped Jacobian products through the whole stack (``probes`` copies of it)."""
+    params = _mlp_params(c.in_dim, c.width, c.depth, c.classes)
+    return 8 * (3 * params + c.batch * c.width * c.depth * (4 + 4 * c.probes))
+
+
 @register("gradient_norms_at_init", GradientNormsConfig,
           profiles={"smoke": dict(width=128, in_dim=128, depth=16, batch=32, probes=16),
                     "book": dict(width=512, in_dim=512, depth=48, batch=64, probes=32),
                     "full": dict(width=1024, in_dim=1024, depth=200, batch=128, probes=64)},
-          summary=_summary_gradient_norms)
+          summary=_summary_gradient_norms, memory=_memory_gradient_norms)
 def gradient_norms_at_init(config: GradientNormsConfig, device="cpu") -> dict:
     """Per-layer squared weight-gradient norms and per-block φ(JJᵀ) of a deep ReLU MLP at
     initialisation (Chen et al. 2020, Definition 3.1 and the multiplication theorem).
@@ -67,7 +78,7 @@ def gradient_norms_at_init(config: GradientNormsConfig, device="cpu") -> dict:
     dev = torch.device(device)
     gen = torch.Generator().manual_seed(config.seed)
     model = MLP(config.in_dim, config.width, config.depth, config.classes, activation="relu",
-                init=config.init, gain=config.gain, generator=gen).double().to(dev)
+                init=config.init, gain=config.gain or None, generator=gen).double().to(dev)
     x = torch.randn(config.batch, config.in_dim, generator=gen, dtype=torch.float64).to(dev)
     y = torch.randint(config.classes, (config.batch,), generator=gen).to(dev)
     loss = torch.nn.functional.cross_entropy(model(x), y)
@@ -107,7 +118,7 @@ class TrainMLPConfig(Config):
 
     dataset: str = param("mnist1d", choices=TRAIN_DATASETS)
     init: str = param("he", choices=MLP_INITS)
-    gain: float = param(1.0, positive=True)
+    gain: float = param(0.0, minimum=0.0, doc="full gain g of the init (0: the scheme's default, √2 for he)")
     activation: str = param("relu", choices=tuple(ACTIVATIONS))
     width: int = param(128, positive=True)
     depth: int = param(8, positive=True)
@@ -131,11 +142,18 @@ def _summary_train(result: dict) -> dict:
             "diverged_step": result["diverged_step"]}
 
 
+def _memory_train(c: TrainMLPConfig) -> int:
+    """float32: weights, gradients and momentum, the data set, and the activations of a
+    training batch and of a 1000-example evaluation batch."""
+    params = _mlp_params(40, c.width, c.depth, 10)
+    return 4 * (4 * params + 2 * 64 * c.n_train + 4 * (c.batch_size + 1000) * c.width * c.depth)
+
+
 @register("train_mlp", TrainMLPConfig,
           profiles={"smoke": dict(width=32, depth=4, steps=60, n_train=1000, eval_every=20),
                     "book": dict(width=128, depth=8, steps=500, n_train=4000, eval_every=100),
                     "full": dict(width=512, depth=32, steps=5000, n_train=4000, eval_every=500)},
-          summary=_summary_train)
+          summary=_summary_train, memory=_memory_train)
 def train_mlp(config: TrainMLPConfig, device="cpu", progress: bool = False) -> dict:
     """Train a ``~gnelib.nn.mlp.MLP`` with :func:`~gnelib.training.train` (SGD with momentum) and return the
     loss and test-accuracy history; divergence (a NaN/inf loss) is recorded, not raised."""
@@ -149,7 +167,7 @@ def train_mlp(config: TrainMLPConfig, device="cpu", progress: bool = False) -> d
     else:
         data = gaussian_mixture(n_train=config.n_train, generator=torch.Generator().manual_seed(1234))
     model = MLP(data.input_shape[0], config.width, config.depth, data.num_classes,
-                activation=config.activation, init=config.init, gain=config.gain, generator=gen)
+                activation=config.activation, init=config.init, gain=config.gain or None, generator=gen)
     hist = train(model, data, steps=config.steps, batch_size=config.batch_size, lr=config.lr,
                  momentum=config.momentum, weight_decay=config.weight_decay, device=device,
                  generator=gen, eval_every=config.eval_every, progress=progress, desc="train_mlp")

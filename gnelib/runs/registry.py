@@ -43,7 +43,7 @@ from gnelib.base.errors import check_choice, check_positive, check_positive_int
 from gnelib.base.profiles import SIZES, check_profile
 
 __all__ = ["Experiment", "Config", "param", "validate", "type_name", "command_line", "register", "get", "names", "make_config", "parse_value",
-           "config_key", "config_dict", "library_version",
+           "config_key", "config_dict", "library_version", "estimate_memory",
            "profiles_from_sizes", "parse_numbers"]
 
 _SCALARS = (int, float, str, bool)
@@ -177,6 +177,7 @@ class Experiment:
     fn: typing.Callable
     profiles: dict
     summary: typing.Callable | None = None
+    memory: typing.Callable | None = None
 
     @property
     def module(self) -> str:
@@ -204,13 +205,14 @@ class Experiment:
 _REGISTRY: dict[str, Experiment] = {}
 
 
-def register(name: str, config: type, profiles: dict | None = None, summary=None):
+def register(name: str, config: type, profiles: dict | None = None, summary=None, memory=None):
     """Decorator registering ``fn(config, device=..., progress=...) -> dict`` under ``name``.
 
     ``config`` must be a dataclass whose fields are ``int``/``float``/``str``/``bool`` with
     defaults, one of them an ``int`` named ``seed``. ``profiles`` maps profile names to
-    default overrides. Registering a name twice replaces the earlier experiment only when it
-    comes from the same function (a module re-import); otherwise it is an error.
+    default overrides. ``memory(config) -> bytes``, optional, estimates the memory a
+    configuration needs (see :func:`estimate_memory`). Registering a name twice replaces the
+    earlier experiment only when it comes from the same function (a module re-import); otherwise it is an error.
     """
     if not dataclasses.is_dataclass(config):
         raise TypeError(f"config for {name!r} must be a dataclass, got {config!r}")
@@ -234,7 +236,7 @@ def register(name: str, config: type, profiles: dict | None = None, summary=None
         old = _REGISTRY.get(name)
         if old is not None and (old.fn.__module__, old.fn.__qualname__) != (fn.__module__, fn.__qualname__):
             raise ValueError(f"experiment {name!r} is already registered by {old.module}")
-        _REGISTRY[name] = Experiment(name, config, fn, profiles, summary)
+        _REGISTRY[name] = Experiment(name, config, fn, profiles, summary, memory)
         return fn
 
     return decorator
@@ -278,9 +280,14 @@ def parse_value(field: str, kind: type, text):
             return False
         raise ValueError(f"{field} must be a boolean (true/false), got {text!r}")
     try:
-        return kind(text)
+        value = kind(text)
     except ValueError:
         raise ValueError(f"{field} must be {kind.__name__}, got {text!r}") from None
+    if kind is int and not -2**63 <= value < 2**63:
+        raise ValueError(f"{field} must be an integer between -2**63 and 2**63-1, got {text!r}")
+    if kind is float and math.isnan(value):
+        raise ValueError(f"{field} must be a number, got {text!r}")
+    return value
 
 
 def make_config(name: str, profile: str = "book", overrides: dict | None = None):
@@ -295,6 +302,13 @@ def make_config(name: str, profile: str = "book", overrides: dict | None = None)
         check_choice(f"parameter of {name}", key, hints)
         values[key] = parse_value(key, hints[key], val)
     return exp.config(**values)
+
+
+def estimate_memory(name: str, config) -> int | None:
+    """Bytes experiment ``name`` needs for ``config`` by its registered estimate, or
+    ``None`` when it has none."""
+    exp = get(name)
+    return None if exp.memory is None else int(exp.memory(config))
 
 
 def config_dict(config) -> dict:

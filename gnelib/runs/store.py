@@ -7,7 +7,9 @@ digest of the library's source, so a change to the code never reads back a stale
 SHA-256 checksum of the configuration and result, and is written atomically with
 :func:`~gnelib.book.chapter.atomic_write_json`. :meth:`Store.run` reads a finished configuration back
 instead of rerunning it; a record that does not parse, whose key or checksum does not match,
-or that misses a field is reported with a :class:`StoreWarning` and recomputed.
+or that misses a field is reported with a :class:`StoreWarning` and recomputed; something
+else in a record's place (a folder) is a :class:`StoreError`. Opening a store removes the
+temporary files of writes that were killed midway (older than a minute).
 """
 from __future__ import annotations
 
@@ -23,8 +25,8 @@ import torch
 from gnelib.runs import registry as experiments
 from gnelib.base.io import _jsonable, atomic_write_json, data_dir
 
-__all__ = ["Store", "StoreWarning", "CorruptRecord", "default_root", "compute", "make_record",
-           "checksum"]
+__all__ = ["Store", "StoreWarning", "StoreError", "CorruptRecord", "default_root", "compute",
+           "make_record", "checksum"]
 
 _FIELDS = ("experiment", "key", "version", "config", "result", "meta", "checksum")
 
@@ -35,6 +37,14 @@ class StoreWarning(UserWarning):
 
 class CorruptRecord(ValueError):
     """Raised by :meth:`Store.read` for a record that fails its checks."""
+
+
+class StoreError(ValueError):
+    """The store cannot hold a record where it belongs (e.g. a folder is in its place)."""
+
+
+#: A write's temporary file older than this (seconds) belongs to a write that was killed.
+STALE_SECONDS = 60.0
 
 
 def default_root() -> Path:
@@ -61,6 +71,23 @@ class Store:
             version = experiments.library_version()
         self.root = Path(root) if root is not None else default_root()
         self.version = version
+        self.clean_temporaries()
+
+    def clean_temporaries(self, older_than: float = STALE_SECONDS) -> list[Path]:
+        """Remove the temporary files (``.<record>.json.*.tmp``) of writes that were killed
+        before they finished, if older than ``older_than`` seconds; return them."""
+        removed = []
+        if not self.root.is_dir():
+            return removed
+        now = time.time()
+        for path in self.root.glob("*/.*.json.*.tmp"):
+            try:
+                if path.is_file() and now - path.stat().st_mtime > older_than:
+                    path.unlink()
+                    removed.append(path)
+            except OSError:  # removed meanwhile by another process
+                pass
+        return removed
 
     def key(self, name: str, config) -> str:
         return experiments.config_key(name, config, self.version)
@@ -71,6 +98,8 @@ class Store:
     def read(self, path: str | Path) -> dict:
         """Read and verify one record; raise :class:`CorruptRecord` saying what is wrong."""
         path = Path(path)
+        if path.is_dir():
+            raise StoreError(f"{path} is a folder where a record belongs: move it away")
         try:
             rec = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -95,7 +124,7 @@ class Store:
         except CorruptRecord as err:
             warnings.warn(f"corrupt record, recomputing: {err}", StoreWarning, stacklevel=2)
             return None
-        if rec["config"] != experiments.config_dict(config):
+        if rec["config"] != json.loads(_canonical(experiments.config_dict(config))):
             warnings.warn(f"corrupt record, recomputing: {path}: configuration differs from the "
                           "one its key was made from", StoreWarning, stacklevel=2)
             return None
@@ -108,6 +137,8 @@ class Store:
     def put(self, record: dict) -> Path:
         """Write a record made by :meth:`make_record` atomically; return its path."""
         path = self.root / record["experiment"] / f"{record['key']}.json"
+        if path.is_dir():
+            raise StoreError(f"{path} is a folder where a record belongs: move it away")
         atomic_write_json(path, record)
         return path
 
@@ -130,7 +161,7 @@ class Store:
         for path in sorted((self.root / name).glob("*.json")):
             try:
                 out.append(self.read(path))
-            except CorruptRecord as err:
+            except (CorruptRecord, StoreError) as err:
                 warnings.warn(f"skipping corrupt record: {err}", StoreWarning, stacklevel=2)
         return out
 

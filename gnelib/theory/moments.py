@@ -39,27 +39,44 @@ SELU_ALPHA = 1.6732632423543772
 
 @dataclass(frozen=True)
 class Moments:
-    """First two spectral moments of :math:`JJ^\\top` for one block.
+    """First two spectral moments of :math:`JJ^\\top` for one block: the one moments record of
+    the library, for closed forms (the component library below) and for measurements
+    (:func:`gnelib.probes.jacobian.jacobian_moments`, whose ``JacobianMoments`` is this class).
 
     ``phi1`` is :math:`\\phi(JJ^\\top)`, ``phi2`` is :math:`\\phi((JJ^\\top)^2)` (both normalised
     by the number of rows :math:`n_\\text{out}`), ``aspect`` is :math:`n_\\text{out}/n_\\text{in}`
     (1 for square blocks). Block dynamical isometry (Chen et al. 2020, Definition 3.1) asks
     for ``phi1`` ≈ 1 and ``variance`` ≈ 0 in every block.
+
+    A measurement also carries ``phi1_se``/``phi2_se`` (standard errors of the probe average;
+    0 for exact values), ``n_in``/``n_out``, ``probes`` (products with :math:`JJ^\\top`; 0 for
+    exact or closed-form values), ``method`` (``"closed form"``, ``"exact"``, ``"hutchinson"``,
+    ``"hutch++"``) and ``sketch`` (products in the Hutch++ sketch). Cauchy–Schwarz
+    (``phi2 >= phi1**2``) is enforced for exact values only: an estimate may fall below it.
     """
 
     phi1: float
     phi2: float
     aspect: float = 1.0
+    phi1_se: float = 0.0
+    phi2_se: float = 0.0
+    n_in: int | None = None
+    n_out: int | None = None
+    probes: int = 0
+    method: str = "closed form"
+    sketch: int = 0
 
     def __post_init__(self):
-        for name in ("phi1", "phi2", "aspect"):
+        for name in ("phi1", "phi2", "aspect", "phi1_se", "phi2_se"):
             v = getattr(self, name)
-            if not (isinstance(v, (int, float, np.floating)) and math.isfinite(v) and v >= 0):
+            ok = isinstance(v, (int, float, np.floating)) and (
+                (math.isfinite(v) and v >= 0) or (name.endswith("_se") and math.isnan(v)))
+            if not ok:
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
         if self.aspect == 0:
             raise ValueError("aspect must be > 0 (n_out/n_in)")
-        # Cauchy-Schwarz: phi2 >= phi1^2 up to rounding.
-        if self.phi2 < self.phi1**2 * (1 - 1e-12) - 1e-300:
+        # Cauchy-Schwarz: phi2 >= phi1^2 up to rounding, for exact values.
+        if self.probes == 0 and self.phi2 < self.phi1**2 * (1 - 1e-9) - 1e-300:
             raise ValueError(f"phi2 = {self.phi2!r} must be >= phi1**2 = {self.phi1**2!r}")
 
     @property

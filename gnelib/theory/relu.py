@@ -20,11 +20,12 @@ __all__ = ["relu_block_scale", "relu_block_phi", "relu_block_relative_variance"]
 
 
 def relu_block_scale(init: str, gain: float | None = None) -> float:
-    """:math:`s = n\\Var(W_{ij})` (or :math:`g^2`) of :func:`~gnelib.nn.init.init_weight_` for a square
-    layer: xavier 1·g², he 2·g², orthogonal g², gaussian g²."""
+    """:math:`s = n\\Var(W_{ij})` (or :math:`g^2`) of a square layer initialised by
+    :func:`~gnelib.nn.init.init_weight_` with full gain ``gain``: :math:`s = g^2` for every
+    scheme; ``None`` (or 0) takes the scheme's default gain, √2 for ``he``, 1 otherwise."""
     check_choice("init", init, ("xavier", "he", "orthogonal", "gaussian"))
-    g2 = 1.0 if gain is None else float(gain) ** 2
-    return {"xavier": 1.0, "he": 2.0, "orthogonal": 1.0, "gaussian": 1.0}[init] * g2
+    g = (2.0 ** 0.5 if init == "he" else 1.0) if not gain else float(gain)
+    return g * g
 
 
 def relu_block_phi(init: str, gain: float | None = None, p: float = 0.5) -> float:

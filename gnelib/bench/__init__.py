@@ -1,6 +1,6 @@
-"""gnebook's benchmark suite: ``python -m benchmarks --all`` (or ``make bench``).
+"""gnebook's benchmark suite: ``python -m gnelib.bench --all`` (or ``make bench``).
 
-Each benchmark module times its contenders with :mod:`benchmarks.harness` and writes
+Each benchmark module times its contenders with :mod:`gnelib.bench.harness` and writes
 ``data/results/bench/<name>.json``; ``--smoke`` runs every suite at toy sizes in seconds
 (``data/results/bench/smoke/``), so the code is exercised in CI without any claim about
 speed. The book's Performance page reads these files.

@@ -1,4 +1,4 @@
-"""Command line: ``python -m benchmarks [--all | NAME ...] [--smoke] [--device D] [--threads T]``."""
+"""Command line: ``python -m gnelib.bench [--all | NAME ...] [--smoke] [--device D] [--threads T]``."""
 from __future__ import annotations
 
 import argparse
@@ -10,15 +10,18 @@ import torch
 from gnelib.base.device import get_device, set_threads
 
 from . import SUITES, runner
-from .harness import FULL, SMOKE, environment, format_table
+from .harness import BOOK, FULL, SMOKE, environment, format_table
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m gnelib.bench", description=__doc__)
     p.add_argument("names", nargs="*", help=f"suites to run: {', '.join(SUITES)}")
     p.add_argument("--all", action="store_true", help="run every suite")
     p.add_argument("--smoke", action="store_true",
                    help="toy sizes, seconds in all; results go to data/results/bench/smoke/")
+    p.add_argument("--book", action="store_true",
+                   help="the book-sized suite (a few minutes; data/results/bench/book/), what the "
+                        "book's Performance page runs when no full record exists")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (auto: cuda if present)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--list", action="store_true", help="list the suites and exit")
@@ -38,9 +41,11 @@ def main(argv=None) -> int:
     if a.threads is not None:
         set_threads(a.threads)
     device = get_device(a.device)
-    settings = SMOKE if a.smoke else FULL
+    if a.smoke and a.book:
+        p.error("--smoke and --book exclude each other")
+    settings = SMOKE if a.smoke else BOOK if a.book else FULL
     env = environment(device)
-    print(f"benchmarks ({'smoke' if a.smoke else 'full'}) on {env['device']}: {env['cpu']}, "
+    print(f"benchmarks ({settings.profile}) on {env['device']}: {env['cpu']}, "
           f"{env['logical_cpus']} logical CPUs, {env['threads']} torch threads"
           + (f", GPU {env['gpu']}" if "gpu" in env else "")
           + f"; torch {env['torch']}; load average {env.get('load_average_1min', '?')}",

@@ -7,16 +7,18 @@ import json
 from gnelib.base.device import torch_threads
 
 from . import SUITES, runner
-from .harness import SMOKE, format_table, loglog_slope, result_path
+from .harness import BOOK, SMOKE, format_table, loglog_slope, result_path
 from .harness import median_ratio as _median_ratio
 
 
-def load(name: str, prefer_smoke: bool = False) -> dict | None:
-    """The stored record of suite ``name``: the full run's (``data/results/bench``) first,
-    then the smoke run's (or the other way round with ``prefer_smoke``); ``None`` if
-    neither exists or parses."""
-    for smoke in ((True, False) if prefer_smoke else (False, True)):
-        path = result_path(name, smoke)
+def load(name: str, prefer_smoke: bool = False, profiles=None) -> dict | None:
+    """The stored record of suite ``name``: the first of ``profiles`` that exists and parses
+    (default: the full run's, ``data/results/bench``, then the book-sized run's, then the
+    smoke run's; smoke first with ``prefer_smoke``); ``None`` if none does."""
+    if profiles is None:
+        profiles = ("smoke", "full", "book") if prefer_smoke else ("full", "book", "smoke")
+    for prof in profiles:
+        path = result_path(name, prof == "smoke", prof)
         if path.exists():
             try:
                 rec = json.loads(path.read_text())
@@ -39,18 +41,25 @@ def revive(obj):
     return obj
 
 
-def load_or_run(profile: str, names=None, threads: int = 1) -> tuple[dict, list[str]]:
-    """Records of every suite for the page at ``profile``: smoke records are preferred at
-    ``smoke``, full ones otherwise; a suite with no record at all is run here at smoke size
-    (on ``threads`` torch threads, on the CPU). Returns ``(records, names run here)``."""
-    import torch
+def record_profile(rec: dict) -> str:
+    """``"smoke"``, ``"book"`` or ``"full"``: the sizes a record was measured at."""
+    return rec.get("profile") or ("smoke" if rec.get("smoke") else "full")
 
+
+def load_or_run(profile: str, names=None, threads: int | None = None) -> tuple[dict, list[str]]:
+    """Records of every suite for the page at ``profile``. At ``smoke`` only smoke records
+    are shown (a missing one is run here at smoke size); otherwise the full record
+    (``make bench``), else the book-sized one, and a suite with neither is run here at book
+    size (a few minutes in all) and stored in ``data/results/bench/book/``; smoke records
+    never appear outside the smoke build. Runs use ``threads`` torch threads (default: one
+    at smoke, torch's otherwise) on the CPU. Returns ``(records, names run here)``."""
     records, ran = {}, []
+    smoke = profile == "smoke"
     for name in names or SUITES:
-        rec = load(name, prefer_smoke=(profile == "smoke"))
+        rec = load(name, profiles=("smoke",) if smoke else ("full", "book"))
         if rec is None:
-            with torch_threads(threads):
-                rec = runner(name)(SMOKE, device="cpu", progress=False)
+            with torch_threads(1 if threads is None and smoke else threads):
+                rec = runner(name)(SMOKE if smoke else BOOK, device="cpu", progress=False)
             ran.append(name)
         records[name] = rec
     return records, ran
@@ -71,8 +80,7 @@ def goals_table(records: dict) -> str:
     for name, rec in records.items():
         for g in rec.get("goals", []):
             rows.append([name, g["text"], f"{g['value']:.3g}", f"{g['op']} {g['threshold']:g}",
-                         "met" if g["met"] else "**not met**",
-                         "smoke" if rec["smoke"] else "full"])
+                         "met" if g["met"] else "**not met**", record_profile(rec)])
     return tabulate(rows, ["suite", "goal", "measured", "target", "", "run"], tablefmt="github",
                     disable_numparse=True)
 
@@ -85,7 +93,7 @@ def environment_table(records: dict) -> str:
     for name, rec in records.items():
         e = rec["env"]
         hw = e.get("gpu") or e.get("cpu", "?")
-        rows.append([name, "smoke" if rec["smoke"] else "full", e.get("date", "?"),
+        rows.append([name, record_profile(rec), e.get("date", "?"),
                      e.get("device", "?"), hw, str(e.get("threads", "?")),
                      str(e.get("load_average_1min", "?")), e.get("torch", "?"),
                      f"{rec.get('wall_s', float('nan')):.0f} s"])
@@ -172,3 +180,62 @@ def slope(rec: dict, contender: str) -> float:
     """Exponent of the power law time ~ size^k fitted to a contender's medians."""
     return loglog_slope([c["size"] for c in rec["cases"]],
                         [c["times"][contender]["median"] for c in rec["cases"]])
+
+
+def page_values(records: dict) -> dict[str, str]:
+    """Every number the Performance page glues into its prose, by glue key, formatted:
+    goals (value and met/not met), the measured bandwidth and cache, and the Jacobian and
+    depth details (the page reads them from its records with this one call)."""
+    out = {}
+
+    def glue_goal(key, rec, i):
+        g = rec["goals"][i]
+        out[f"perf-{key}"] = f"{g['value']:.2f}"
+        out[f"perf-{key}-met"] = "met" if g["met"] else "not met"
+
+    smn, pt, pe, jac, dep = (records[k] for k in ("smn", "pws_train", "pws_eval", "jacobian", "depth"))
+    glue_goal("smn-like", smn, 0)
+    glue_goal("smn-bn2d", smn, 1)
+    glue_goal("smn-bound", smn, 2)
+    bw = smn["bandwidth"]
+    out["perf-bw"] = f"{bw['bandwidth'] / 1e9:.1f} GB/s"
+    out["perf-bw-copy"] = f"{bw['copy'] / 1e9:.1f}"
+    out["perf-bw-triad"] = f"{bw['triad'] / 1e9:.1f}"
+    out["perf-llc"] = f"{bw['llc_bytes'] / 2**20:.0f} MiB"
+    out["perf-bw-threads"] = f"{bw['threads']}"
+    beyond = [c for c in smn["cases"] if c["params"].get("beyond_cache")]
+    out["perf-smn-beyond"] = ", ".join(c["label"].split(" ")[0] for c in beyond)
+    bn2d = sorted(c["extra"]["of_bound"]["BatchNorm2d"] for c in beyond)
+    out["perf-bn2d-bound"] = f"{bn2d[len(bn2d) // 2]:.2f}"
+    out["perf-smn-eager"] = f"{smn['median_ratio']['SMN eager']:.2f}"
+    first = sorted(c["times"]["SMN compiled"]["first_call_s"] for c in smn["cases"])
+    out["perf-smn-compile"] = f"{first[len(first) // 2]:.1f} s"
+    like = median_ratio(smn, "SMN compiled, autograd bwd", "BN compiled, autograd bwd")
+    out["perf-smn-like-ag"] = f"{like:.2f}"
+    glue_goal("pws-bn", pt, 0)
+    glue_goal("pws-gn", pt, 1)
+    glue_goal("pws-eval", pe, 0)
+    out["perf-pws-eval-diff"] = f"{max(c['extra']['max_abs_diff'] for c in pe['cases']):.1e}"
+    glue_goal("jac-1", jac, 0)
+    glue_goal("jac-acc", jac, 1)
+    glue_goal("jac-2", jac, 2)
+    glue_goal("jac-05", jac, 3)
+    at = [c for c in jac["cases"] if c["size"] == 1024] or jac["cases"][-1:]
+    x = at[0]["extra"]
+    out["perf-jac-width"] = f"{at[0]['size']:.0f}"
+    for key, name in (("2", "auto (2%)"), ("1", "auto (1%)"), ("05", "auto (0.5%)"),
+                      ("g", "Gaussian probes (1%)")):
+        e = x[name]
+        out[f"perf-jac-p{key}"] = f"{e['mean_probes']:.0f}"
+        err = 100 * max(e["rms_rel_err_phi1"], e["rms_rel_err_phi2"])
+        out[f"perf-jac-err{key}"] = f"{err:.2f} %"
+        out[f"perf-jac-cover{key}"] = f"{100 * e['within_2se']:.0f} %"
+        out[f"perf-jac-method{key}"] = ", ".join(e["methods"])
+    out["perf-jac-gauss-speed"] = f"{1 / at[0]['times']['Gaussian probes (1%)']['ratio']:.1f}"
+    out["perf-jac-slope-exact"] = f"{slope(jac, 'jacrev (exact)'):.2f}"
+    out["perf-jac-slope-probes"] = f"{slope(jac, 'auto (1%)'):.2f}"
+    glue_goal("depth-slope", dep, 0)
+    glue_goal("depth-per-layer", dep, 1)
+    out["perf-depth-max"] = f"{dep['cases'][-1]['size']:.0f}"
+    out["perf-depth-time"] = f"{dep['cases'][-1]['times'][dep['reference']]['median']:.2f} s"
+    return out

@@ -33,10 +33,11 @@ from typing import Callable
 import torch
 from torch.utils.benchmark import Timer
 
-from gnelib import atomic_write_json, check_positive, check_positive_int, data_dir
+from gnelib.base.errors import check_positive, check_positive_int
+from gnelib.base.io import atomic_write_json, data_dir
 
 __all__ = ["Case", "Settings", "SMOKE", "FULL", "environment", "measure", "run_suite", "goal",
-           "results_dir", "result_path", "format_table", "median_ratio", "loglog_slope"]
+           "BOOK", "llc_bytes", "stream_bandwidth", "results_dir", "result_path", "format_table", "median_ratio", "loglog_slope"]
 
 SCHEMA = 1
 
@@ -50,14 +51,23 @@ class Settings:
     rounds: int = 3
     warmup: int = 2
     smoke: bool = False
+    #: problem sizes: ``"smoke"`` (toy), ``"book"`` (what the book's page runs itself, a few
+    #: minutes in all) or ``"full"`` (``make bench``); defaults to smoke or full
+    profile: str = ""
 
     def __post_init__(self):
+        if not self.profile:
+            self.profile = "smoke" if self.smoke else "full"
+        if self.profile not in ("smoke", "book", "full"):
+            raise ValueError(f"unknown profile {self.profile!r}: allowed values are 'smoke', "
+                             "'book', 'full'")
         check_positive("min_run_time", self.min_run_time)
         check_positive_int("rounds", self.rounds)
         check_positive_int("warmup", self.warmup, minimum=0)
 
 
 SMOKE = Settings(min_run_time=0.01, rounds=2, warmup=1, smoke=True)
+BOOK = Settings(min_run_time=0.05, rounds=3, warmup=1, smoke=False, profile="book")
 FULL = Settings(min_run_time=0.1, rounds=6, warmup=2, smoke=False)
 
 
@@ -197,14 +207,72 @@ def goal(text: str, value: float, op: str, threshold: float) -> dict:
     return {"text": text, "value": value, "op": op, "threshold": threshold, "met": met}
 
 
-def results_dir(smoke: bool) -> Path:
-    """``data/results/bench`` (``.../bench/smoke`` for smoke runs)."""
+def llc_bytes() -> int | None:
+    """Size of the last-level cache in bytes, as the OS reports it (``None`` if unknown)."""
+    best = (0, 0)
+    for idx in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            level = int((idx / "level").read_text())
+            kind = (idx / "type").read_text().strip()
+            size = (idx / "size").read_text().strip().upper()
+        except (OSError, ValueError):
+            continue
+        if kind == "Instruction":
+            continue
+        mult = {"K": 2**10, "M": 2**20, "G": 2**30}.get(size[-1:], 1)
+        num = int(size.rstrip("KMG")) * mult
+        best = max(best, (level, num))
+    if best[1]:
+        return best[1]
+    for name in ("SC_LEVEL3_CACHE_SIZE", "SC_LEVEL2_CACHE_SIZE"):
+        try:
+            v = os.sysconf(name)
+        except (ValueError, OSError):
+            continue
+        if v and v > 0:
+            return int(v)
+    return None
+
+
+def stream_bandwidth(numel: int, device: torch.device | str = "cpu", repeats: int = 10) -> dict:
+    """This machine's memory bandwidth at the current torch thread count, measured like
+    STREAM (McCalpin) with torch kernels on float32 arrays of ``numel`` numbers (make them
+    several times the last-level cache): *copy* ``b = a`` moves 2 arrays, *triad*
+    ``a = b + s c`` moves 3 (write-allocate traffic not counted, as in STREAM). The best of
+    ``repeats`` runs of each, in bytes per second; ``bandwidth`` is the larger of the two."""
+    device = torch.device(device)
+    a = torch.rand(numel, device=device)
+    b = torch.rand(numel, device=device)
+    c = torch.rand(numel, device=device)
+    out = {}
+    kernels = {"copy": (lambda: b.copy_(a), 2),
+               "triad": (lambda: torch.add(b, c, alpha=3.0, out=a), 3)}
+    for name, (fn, arrays) in kernels.items():
+        fn()
+        best = math.inf
+        for _ in range(repeats):
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            best = min(best, time.perf_counter() - t0)
+        out[name] = arrays * numel * a.element_size() / best
+    out["bandwidth"] = max(out["copy"], out["triad"])
+    out.update(numel=numel, bytes_per_array=numel * a.element_size(),
+               threads=torch.get_num_threads())
+    return out
+
+
+def results_dir(smoke: bool, profile: str | None = None) -> Path:
+    """``data/results/bench`` (``.../bench/smoke`` for smoke runs, ``.../bench/book`` for
+    the book-sized runs)."""
     base = data_dir() / "results" / "bench"
-    return base / "smoke" if smoke else base
+    profile = profile or ("smoke" if smoke else "full")
+    return base if profile == "full" else base / profile
 
 
-def result_path(name: str, smoke: bool) -> Path:
-    return results_dir(smoke) / f"{name}.json"
+def result_path(name: str, smoke: bool, profile: str | None = None) -> Path:
+    return results_dir(smoke, profile) / f"{name}.json"
 
 
 def run_suite(name: str, title: str, cases: list[Case], reference: str, *,
@@ -232,7 +300,7 @@ def run_suite(name: str, title: str, cases: list[Case], reference: str, *,
     contenders = list(rows[0]["times"]) if rows else []
     record = {
         "schema": SCHEMA, "name": name, "title": title, "what": what, "reference": reference,
-        "size_name": size_name, "smoke": settings.smoke,
+        "size_name": size_name, "smoke": settings.smoke, "profile": settings.profile,
         "settings": {"min_run_time": settings.min_run_time, "rounds": settings.rounds,
                      "warmup": settings.warmup, "timer": "torch.utils.benchmark.Timer."
                      "blocked_autorange, contenders alternated, median of per-run times"},
@@ -243,7 +311,7 @@ def run_suite(name: str, title: str, cases: list[Case], reference: str, *,
     record["goals"] = goals(record) if goals is not None else []
     record["wall_s"] = time.perf_counter() - t0
     if out is not False:
-        path = Path(out) if out else result_path(name, settings.smoke)
+        path = Path(out) if out else result_path(name, settings.smoke, settings.profile)
         atomic_write_json(path, record)
         record["path"] = str(path)
     return record

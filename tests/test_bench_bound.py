@@ -1,0 +1,83 @@
+"""The bandwidth bound of the SMN suite, the book-sized profile and the Performance page's
+choice of records (structure only; nothing about speed)."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+from gnelib.bench import bench_smn, harness, report
+
+
+def test_llc_is_read_from_the_os():
+    llc = harness.llc_bytes()
+    assert llc is None or llc >= 2**16
+
+
+def test_stream_bandwidth_reports_copy_and_triad():
+    bw = harness.stream_bandwidth(2**16, repeats=2)
+    assert bw["copy"] > 0 and bw["triad"] > 0
+    assert bw["bandwidth"] == max(bw["copy"], bw["triad"])
+    assert bw["bytes_per_array"] == 2**18
+
+
+def test_beyond_cache_shapes_hold_four_caches():
+    llc = 32 * 2**20
+    for n, c, h, w in bench_smn.beyond_cache_shapes(llc):
+        assert n * c * h * w * 4 >= 4 * llc
+        assert (n - 1) * c * h * w * 4 < 4 * llc
+
+
+def test_bound_and_goals_from_a_record():
+    times = {k: {"median": 0.2} for k in ("SMN compiled", "BN compiled",
+                                          "BN compiled, two-pass", "BatchNorm2d")}
+    times["SMN compiled"] = {"median": 0.1}
+    cases = [{"label": "a", "params": {"shape": [2, 4, 8, 8], "beyond_cache": True},
+              "times": times, "extra": {}}]
+    rec = {"cases": cases, "bandwidth": {"bandwidth": 1e9}}
+    bench_smn.add_bound(rec, rec["bandwidth"])
+    x = cases[0]["extra"]
+    assert x["bytes_min"] == 8 * 2 * 4 * 8 * 8 * 4
+    assert x["of_bound"]["SMN compiled"] == pytest.approx(0.1 / (x["bytes_min"] / 1e9))
+    goals = bench_smn._goals(rec)
+    assert [g["threshold"] for g in goals] == [0.77, 0.5, 1.3]
+    assert goals[1]["value"] == pytest.approx(0.5) and goals[1]["met"]
+
+
+def test_book_profile_writes_to_its_own_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("GNE_DATA_DIR", str(tmp_path))
+    assert harness.BOOK.profile == "book" and not harness.BOOK.smoke
+    assert harness.result_path("smn", False, "book") == tmp_path / "results/bench/book/smn.json"
+    assert harness.result_path("smn", True) == tmp_path / "results/bench/smoke/smn.json"
+    assert harness.result_path("smn", False) == tmp_path / "results/bench/smn.json"
+    with pytest.raises(ValueError, match="profile"):
+        harness.Settings(profile="huge")
+
+
+def test_page_shows_full_then_book_records_and_smoke_only_at_smoke(tmp_path, monkeypatch):
+    monkeypatch.setenv("GNE_DATA_DIR", str(tmp_path))
+
+    def write(profile):
+        path = harness.result_path("depth", profile == "smoke", profile)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"name": "depth", "profile": profile,
+                                    "smoke": profile == "smoke"}))
+    write("smoke")
+    ran = []
+    monkeypatch.setattr(report, "runner", lambda name: (
+        lambda settings, **kw: ran.append(settings.profile) or {"profile": settings.profile,
+                                                               "smoke": settings.smoke}))
+    recs, here = report.load_or_run("book", names=["depth"])
+    assert here == ["depth"] and ran == ["book"]  # smoke records never shown at book
+    recs, here = report.load_or_run("smoke", names=["depth"])
+    assert here == [] and report.record_profile(recs["depth"]) == "smoke"
+    write("book")
+    recs, here = report.load_or_run("book", names=["depth"])
+    assert here == [] and report.record_profile(recs["depth"]) == "book"
+    write("full")
+    recs, _ = report.load_or_run("book", names=["depth"])
+    assert report.record_profile(recs["depth"]) == "full"
