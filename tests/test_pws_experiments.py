@@ -38,7 +38,7 @@ def test_kernel_mlp_equals_norm_mlp_with_the_same_weights(arm):
     raws = [km.v0[0]] + list(km.vs[0])
     with torch.no_grad():
         for l, unit in enumerate(nm.units):
-            layer = unit[0]
+            layer = unit.linear if hasattr(unit, "linear") else unit[0]
             if arm == "wn":
                 layer.parametrizations.weight.original1.copy_(raws[l])
                 layer.parametrizations.weight.original0.copy_(km.g[0, l].view(-1, 1))
