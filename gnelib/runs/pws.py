@@ -33,7 +33,7 @@ from gnelib.runs.registry import Config, param, register
 __all__ = ["StabilityConfig", "CollapseConfig", "BatchSizeConfig", "ConvNetConfig",
            "pws_stability", "pws_collapse", "pws_batch_size", "pws_convnet", "LR_GRID",
            "HEADS", "BATCH_SIZE_NORMS", "CONVNET_ARMS", "largest_stable_lr", "head_std",
-           "train_replicas"]
+           "train_replicas", "init_gain_draws", "LR_GRID_FINE"]
 
 #: The learning-rate grid of the stability sweep: 0.005 to 0.64 in steps of 2.
 LR_GRID = (0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64)
