@@ -1,92 +1,173 @@
-"""Tests of gnelib.runs.pws: the registered experiments of the PWS chapter at tiny sizes,
-and their round trip through the results store."""
+"""Tests of gnelib.runs.pws (the registered experiments of the PWS chapter) and of
+gnelib.nn.kernelmlp (the arms of the collapse experiment): equivalence with NormMLP,
+independence of replicas, the exact zero of the shift path, configuration validation, store
+round trips and a dry run of every ``full`` configuration."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from gnelib.runs import registry as experiments
-from gnelib.base.profiles import SIZES
-from gnelib.runs.pws import BatchSizeConfig, CollapseConfig, pws_batch_size, pws_collapse
+from gnelib.data import teacher_data
+from gnelib.nn.kernelmlp import ARMS, KernelMLP, arm_gain
+from gnelib.nn.normnets import NormMLP
+from gnelib.probes.variance import backward_forward_gains, transmission_records
+from gnelib.runs import pws as xp
+from gnelib.runs import registry
 from gnelib.runs.store import Store
+from gnelib.theory.variance import holding_alpha, init_gains
 
 
 @pytest.fixture(autouse=True)
 def _one_thread():
-    """The networks here are tiny: one thread avoids the cost of thread start-up and contention."""
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
 
 
-def test_collapse_records_every_step_and_reads_back(tmp_path):
-    config = CollapseConfig(norm="pws", lr=0.05, depth=3, width=16, steps=5, batch=32,
-                            probe_size=32, seed=3)
-    r = pws_collapse(config)
-    assert {"loss", "diverged_step", "last_finite_loss", "step", "max_q", "mean_abs_S"} <= set(r)
-    assert r["diverged_step"] is None and r["step"] == [1, 2, 3, 4, 5]
-    assert len(r["loss"]) == len(r["max_q"]) == len(r["mean_abs_S"]) == 5
-    # PWS kernels are centred: their filter sums are float32 round-off, far below the O(1)
-    # sums of an unnormalised He-initialised layer of fan-in 16
-    assert max(r["mean_abs_S"]) < 1e-4
-    assert all(q > 0 and math.isfinite(q) for q in r["max_q"])
-    plain = pws_collapse(CollapseConfig(norm="none", lr=0.05, depth=3, width=16, steps=5,
-                                        batch=32, probe_size=32, seed=3))
-    assert plain["mean_abs_S"][0] > 0.1
+def _gen(s=0):
+    return torch.Generator().manual_seed(s)
+
+
+@pytest.mark.parametrize("arm", ["none", "centre", "pws", "wn"])
+def test_kernel_mlp_equals_norm_mlp_with_the_same_weights(arm):
+    km = KernelMLP(12, 8, 4, 5, arm=arm, gains="preserving", eps=1e-5, generator=_gen(1)).double()
+    norm = {"none": "none", "centre": "centre", "pws": "pws", "wn": "wn"}[arm]
+    nm = NormMLP(12, 8, 4, 5, norm=norm, pws_kw=dict(eps=1e-5), generator=_gen(2)).double()
+    raws = [km.v0[0]] + list(km.vs[0])
+    with torch.no_grad():
+        for l, unit in enumerate(nm.units):
+            layer = unit.linear if hasattr(unit, "linear") else unit[0]
+            if arm == "wn":
+                layer.parametrizations.weight.original1.copy_(raws[l])
+                layer.parametrizations.weight.original0.copy_(km.g[0, l].view(-1, 1))
+            else:
+                layer.weight.copy_(raws[l].view(layer.weight.shape))
+            if arm == "pws":
+                layer.alpha.copy_(km.alpha[0, l])
+            layer.bias.copy_(torch.randn(8, generator=_gen(3 + l), dtype=torch.float64))
+            km.bias[0, l].copy_(layer.bias)
+        nm.head.weight.copy_(km.head_weight[0])
+        nm.head.bias.copy_(km.head_bias[0])
+    x = torch.randn(7, 12, generator=_gen(9), dtype=torch.float64)
+    assert torch.allclose(km(x), nm(x), rtol=1e-12, atol=1e-13)
+
+
+def test_ws_alpha_is_frozen_and_pws_alpha_learns():
+    ws = KernelMLP(6, 4, 3, 3, arm="ws", generator=_gen())
+    pws = KernelMLP(6, 4, 3, 3, arm="pws", generator=_gen())
+    assert "alpha" not in dict(ws.named_parameters()) and "alpha" in dict(ws.named_buffers())
+    assert "alpha" in dict(pws.named_parameters())
+    assert float(ws.alpha[0, 0, 0]) == pytest.approx(float(holding_alpha()))
+
+
+def test_replicas_train_independently():
+    data = teacher_data(256, 64, dim=10, classes=4, generator=_gen(5))
+    data.x_train = data.x_train.double()
+    lrs = (0.01, 0.3, 5.0)
+    m = KernelMLP(10, 8, 5, 4, arm="pws", generator=_gen(6), replicas=3).double()
+    h = xp.train_replicas(m, data, 30, 16, lrs, generator=_gen(7))
+    for r, lr in enumerate(lrs):
+        one = KernelMLP(10, 8, 5, 4, arm="pws", generator=_gen(6)).double()
+        h1 = xp.train_replicas(one, data, 30, 16, (lr,), generator=_gen(7))
+        assert h1["diverged_step"][0] == h["diverged_step"][r]
+        a = np.array([row[r] for row in h["loss"]])[:len(h1["loss"])]
+        b = np.array([row[0] for row in h1["loss"]])
+        np.testing.assert_allclose(a, b, rtol=1e-9, equal_nan=True)
+
+
+@pytest.mark.parametrize("arm", ["centre", "ws", "pws"])
+def test_shift_path_is_zero_by_construction(arm):
+    m = KernelMLP(10, 16, 4, 3, arm=arm, generator=_gen(8)).double()
+    with torch.no_grad():
+        m.vs.add_(torch.randn(m.vs.shape[:-1] + (1,), generator=_gen(9), dtype=torch.float64))
+    recs = transmission_records(m, torch.randn(32, 10, generator=_gen(10), dtype=torch.float64))
+    assert max(r["mean_S2"] for r in recs) < 1e-26
+    plain = KernelMLP(10, 16, 4, 3, arm="none", generator=_gen(8)).double()
+    recs = transmission_records(plain, torch.randn(32, 10, generator=_gen(10), dtype=torch.float64))
+    assert min(r["shift"] for r in recs) > 0
+
+
+def test_transmission_terms_add_up_for_uncorrelated_inputs():
+    """Theorem pws-transmission (a) on the first layer fed i.i.d. inputs: the three paths add
+    up to the measured second moment within sampling error (4 standard errors)."""
+    m = KernelMLP(64, 32, 1, 3, arm="none", generator=_gen(11)).double()
+    with torch.no_grad():
+        m.v0.add_(0.05)
+        m.bias.normal_(generator=_gen(12))
+    x = torch.relu(torch.randn(100_000, 64, generator=_gen(13), dtype=torch.float64))
+    r = transmission_records(m, x)[0]
+    _, pre, _ = m.trace(x)
+    per = pre[0][0].pow(2).mean(1)
+    se = per.std().item() / math.sqrt(per.numel())
+    assert abs(r["centred"] + r["shift"] + r["bias"] - r["q"]) < 4 * se
+
+
+@pytest.mark.parametrize("gains", ["preserving", "decaying"])
+def test_initial_gains_of_arms_match_proposition(gains):
+    """Forward gains at initialisation, pooled over seeds, against init_gains (4 SE)."""
+    for arm in ("centre", "pws"):
+        vals = []
+        for s in range(6):
+            m = KernelMLP(64, 64, 8, 10, arm=arm, gains=gains, eps=0.0, generator=_gen(20 + s))
+            r = backward_forward_gains(m, torch.randn(256, 64, generator=_gen(40 + s)), _gen(60 + s))
+            vals.append(r["forward"][0, 1:].mean())
+        vals = np.array(vals)
+        pred = init_gains(arm, arm_gain(arm, gains), 64)[0]
+        assert abs(vals.mean() - pred) < 4 * vals.std(ddof=1) / math.sqrt(vals.size) + 1e-12
+
+
+def test_init_gains_table():
+    for arm in ARMS:
+        fwd, bwd = init_gains(arm, arm_gain(arm, "preserving"), math.inf)
+        assert fwd == pytest.approx(1.0)
+        fwd, _ = init_gains(arm, arm_gain(arm, "decaying"), math.inf)
+        assert fwd == pytest.approx(1 - 1 / math.pi)
+    assert init_gains("pws", arm_gain("pws", "preserving"), math.inf)[1] == pytest.approx(1 / (1 - 1 / math.pi))
+    with pytest.raises(ValueError, match="arm"):
+        init_gains("bn", 1.0, 8)
+
+
+def test_largest_stable_lr():
+    lrs = (0.1, 0.2, 0.4)
+    assert xp.largest_stable_lr(lrs, [None, None, None]) == 0.4
+    assert xp.largest_stable_lr(lrs, [None, 5, None]) == 0.1
+    assert xp.largest_stable_lr(lrs, [3, None, None]) == 0.0
+
+
+def test_stability_reads_back_from_the_store(tmp_path):
+    cfg = registry.make_config("pws_stability", "smoke",
+                               dict(arm="pws", steps=5, depth=3, lrs=(0.01, 50.0), seed=3))
     store = Store(tmp_path)
-    rec, cached = store.run("pws_collapse", config)
-    assert cached is False and rec["result"]["loss"] == r["loss"]
-    rec2, cached2 = store.run("pws_collapse", config)
-    assert cached2 is True and rec2 == rec
-
-
-def test_collapse_without_step_records_and_diverged_run_reads_back(tmp_path):
-    # a very large learning rate makes the plain network's loss non-finite within a few steps;
-    # the non-finite values must survive the store round trip identically
-    config = CollapseConfig(norm="none", lr=50.0, depth=6, width=16, steps=20, batch=32,
-                            probe_size=32, seed=0)
-    store = Store(tmp_path)
-    rec, cached = store.run("pws_collapse", config)
-    assert not cached and rec["result"]["diverged_step"] is not None
-    assert len(rec["result"]["loss"]) == rec["result"]["diverged_step"] - 1
-    unrecorded = CollapseConfig(norm="none", lr=50.0, depth=6, width=16, steps=20, batch=32,
-                                probe_size=32, record_steps=False, seed=0)
-    r = pws_collapse(unrecorded)
-    assert "max_q" not in r and r["diverged_step"] == rec["result"]["diverged_step"]
-    rec2, cached2 = store.run("pws_collapse", config)
-    assert cached2 is True and rec2 == rec
-
-
-def test_batch_size_experiment_keys_and_read_back(tmp_path):
-    config = BatchSizeConfig(norm="pws", batch=8, steps=3, lr=0.02, widths="4", blocks="1",
-                             seed=1)
-    store = Store(tmp_path)
-    rec, cached = store.run("pws_batch_size", config)
+    rec, cached = store.run("pws_stability", cfg)
     r = rec["result"]
-    assert not cached
-    assert {"accuracy", "diverged_step", "loss", "dataset", "num_classes", "sec_per_step"} <= set(r)
-    assert r["dataset"] == "mnist1d" and r["num_classes"] == 10 and len(r["loss"]) == 3
-    assert 0.0 <= r["accuracy"] <= 1.0 and r["diverged_step"] is None
-    rec2, cached2 = store.run("pws_batch_size", config)
-    assert cached2 is True and rec2 == rec
-    # deterministic: recomputing gives the same losses (the wall clock aside)
-    again = pws_batch_size(config)
-    assert again["loss"] == r["loss"] and again["accuracy"] == r["accuracy"]
+    assert not cached and r["diverged_step"][0] is None and r["diverged_step"][1] is not None
+    assert r["largest_stable_lr"] == 0.01
+    rec2, cached2 = store.run("pws_stability", cfg)
+    assert cached2 and rec2 == rec
 
 
-def test_profiles_come_from_sizes_and_bad_configs_are_rejected():
-    for p in ("smoke", "book", "full"):
-        z = SIZES["pws"][p]
-        col = experiments.make_config("pws_collapse", profile=p)
-        assert (col.depth, col.width, col.steps) == (z["collapse_depth"], z["collapse_width"],
-                                                     z["collapse_steps"])
-        bs = experiments.make_config("pws_batch_size", profile=p)
-        assert (bs.steps, bs.lr, bs.dataset) == (z["bs_steps"], z["bs_lr"], z["bs_dataset"])
-        assert bs.widths == ",".join(map(str, z["bs_widths"]))
+def test_bad_configs_are_rejected():
+    with pytest.raises(ValueError, match="arm"):
+        xp.StabilityConfig(arm="bn")
+    with pytest.raises(ValueError, match="increasing"):
+        xp.StabilityConfig(lrs=(0.2, 0.1))
     with pytest.raises(ValueError, match="norm"):
-        CollapseConfig(norm="bn")
-    with pytest.raises(ValueError, match="widths"):
-        BatchSizeConfig(widths="16,x")
-    with pytest.raises(ValueError, match="equal length"):
-        BatchSizeConfig(widths="16,32", blocks="1")
+        xp.BatchSizeConfig(norm="none")
+    with pytest.raises(ValueError, match="arm"):
+        xp.ConvNetConfig(arm="bn")
+
+
+@pytest.mark.parametrize("name,over", [
+    ("pws_stability", dict(steps=2, lrs=(0.01, 0.1))),
+    ("pws_collapse", dict(steps=2)),
+    ("pws_batch_size", dict(dry_run=True)),
+    ("pws_convnet", dict(dry_run=True)),
+])
+def test_full_profile_dry_run(name, over):
+    """Every ``full`` configuration builds and runs a step or two on the CPU (random tensors
+    of CIFAR-10's shape where the data set is not on disk)."""
+    cfg = registry.make_config(name, "full", over)
+    r = registry.get(name)(cfg)
+    assert isinstance(r, dict) and r

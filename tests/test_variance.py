@@ -148,3 +148,39 @@ def test_chain_parameter_errors():
         shifted_chain_records(0, 3, 10)
     with pytest.raises(ValueError, match="n_samples"):
         pws_chain_records(8, 3, 1)
+
+
+def test_average_gradient_identity_on_overlapping_conv():
+    """Identity pws-avg-grad: the mean weight gradient of a filter is the sum over samples and
+    positions of the output gradient times the patch mean (exact, float64)."""
+    from torch import nn
+    from torch.nn import functional as F
+    g = torch.Generator().manual_seed(0)
+    conv = nn.Conv1d(8, 16, 3, padding=1, bias=False).double()
+    x = torch.relu(torch.randn(16, 8, 20, generator=g, dtype=torch.float64))
+    out = conv(x)
+    gy = torch.randn(out.shape, generator=g, dtype=torch.float64)
+    out.backward(gy)
+    patch_mean = F.pad(x, (1, 1)).unfold(2, 3, 1).mean(dim=(1, 3))
+    lhs = average_weight_gradient(conv.weight.grad)
+    rhs = torch.einsum("bkp,bp->k", gy, patch_mean)
+    assert torch.allclose(lhs, rhs, rtol=1e-12, atol=1e-14)
+
+
+def test_bn_summed_output_gradient_vanishes():
+    from torch import nn
+    g = torch.Generator().manual_seed(1)
+    y = torch.randn(64, 8, 1, generator=g, dtype=torch.float64, requires_grad=True)
+    (nn.BatchNorm1d(8).double()(y) * torch.randn(64, 8, 1, generator=g, dtype=torch.float64)).sum().backward()
+    assert y.grad.sum(0).abs().max() < 1e-12 * y.grad.abs().max()
+
+
+def test_shifted_chain_gains_and_share_draws():
+    from gnelib.probes.variance import relu_share_draws, shifted_chain_gains
+    r = shifted_chain_gains(16, 4, 64, 3.0, 8, generator=torch.Generator().manual_seed(2))
+    assert r["q"].shape == (8, 4) and np.isnan(r["gain"][:, 0]).all() and np.isnan(r["increment"][:, 0]).all()
+    assert np.all(r["increment"][:, 1:] > -1)
+    z = shifted_chain_gains(16, 4, 64, 0.0, 8, generator=torch.Generator().manual_seed(2))
+    assert np.all(z["increment"][:, 1:] == 0)
+    d = relu_share_draws(3, 1000, generator=torch.Generator().manual_seed(3))
+    assert d["xbar2"].shape == (1000,) and np.all(d["xbar2"] <= d["x2"] + 1e-15)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from gnelib.base.errors import check_positive_int
-from gnelib.theory.variance import relu_moments
+from gnelib.theory.variance import relu_moments, transmission_terms
 
 
 def filter_stats(weight: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -118,6 +118,39 @@ def forward_records(model: nn.Module, x: torch.Tensor, step: int | None = None,
 
 
 
+def transmission_records(model: nn.Module, x: torch.Tensor, replica: int = 0) -> list[dict]:
+    """Theorem ``pws-transmission`` (a) measured layer by layer on a
+    :class:`~gnelib.nn.kernelmlp.KernelMLP` (replica ``replica``) fed the batch ``x``. For layer
+    l with input entries of mean μ and (biased) variance σ² over the batch and the units, and
+    effective kernel with mean filter variance v̄ and mean squared filter sum mean(S²):
+    ``centred`` = n v̄ σ², ``shift`` = mean(S²)(μ² + σ²/n)
+    (:func:`~gnelib.theory.variance.transmission_terms`), ``bias`` = mean over filters of
+    b_k² + 2 b_k μ S_k, and ``q`` the measured mean of the squared pre-activations (their
+    sum is its prediction when the input entries are uncorrelated, with a common mean and
+    variance). Also ``mean_S2``, ``n_v``, ``mu2``, ``sigma2``.
+
+    Used in: PWS chapter, section "What grows first"."""
+    with torch.no_grad():
+        inputs, pre, _ = model.trace(x)
+        kernels = model.kernels()
+        recs = []
+        for depth, (xin, y, k) in enumerate(zip(inputs, pre, kernels)):
+            xin, y, k = xin[replica].double(), y[replica].double(), k[replica].double()
+            b = model.bias[replica, depth].double()
+            n = k.shape[1]
+            mu = xin.mean().item()
+            sigma2 = xin.var(unbiased=False).item()
+            s = k.sum(1)
+            v_bar = k.var(1, unbiased=False).mean().item()
+            s2 = s.pow(2).mean().item()
+            centred, shift = transmission_terms(n, v_bar, s2, sigma2, mu * mu)
+            recs.append({"depth": depth, "n": n, "centred": float(centred), "shift": float(shift),
+                         "bias": (b.pow(2) + 2 * b * mu * s).mean().item(),
+                         "q": y.pow(2).mean().item(), "mean_S2": s2, "n_v": n * v_bar,
+                         "mu2": mu * mu, "sigma2": sigma2})
+    return recs
+
+
 # --------------------------------------------------------------------------- chains
 
 def _check_chain(width, depth, n_samples):
@@ -151,6 +184,77 @@ def shifted_chain_records(width: int, depth: int, n_samples: int, c: float = 0.0
                      "mean_share": share})
         q_prev = q
     return recs
+
+
+def shifted_chain_gains(width: int, depth: int, n_samples: int, c: float, seeds: int,
+                        generator: torch.Generator | None = None) -> dict[str, np.ndarray]:
+    """``seeds`` independent ReLU chains at once (float64, no bias): He weights plus a shift
+    :math:`\\delta_k` per filter whose spread is exactly c (:math:`\\delta` is drawn Gaussian and
+    rescaled so that the mean over filters of :math:`(n\\delta_k)^2` is :math:`c^2`: by symmetry
+    :math:`E[\\delta_k^2]=c^2/n^2` still, with less noise). Inputs are ReLU of standard
+    Gaussians. Returns ``(seeds, depth)`` arrays: ``q`` (pre-activation second moment), ``gain``
+    :math:`q_l/q_{l-1}` (NaN at layer 1) and the paired shift increment ``increment``
+    :math:`(q_l-q_l^{0})/q_{l-1}`, where :math:`q_l^0` is the same layer's output without the
+    shift, from the same input and the same :math:`z`; its expectation is :math:`c^2` times
+    half the mean-path share (corollary ``pws-shift-law``).
+
+    Used in: PWS chapter, section "Variance transmission"."""
+    _check_chain(width, depth, n_samples)
+    check_positive_int("seeds", seeds)
+    g = generator if generator is not None else torch.Generator().manual_seed(0)
+    opts = dict(generator=g, dtype=torch.float64)
+    x = torch.relu(torch.randn(seeds, n_samples, width, **opts))
+    q = np.zeros((seeds, depth))
+    inc = np.full((seeds, depth), np.nan)
+    for layer in range(depth):
+        z = torch.randn(seeds, width, width, **opts) * math.sqrt(2 / width)
+        y0 = torch.bmm(x, z.transpose(1, 2))
+        y = y0
+        if c:
+            d = torch.randn(seeds, 1, width, **opts)
+            d = d / d.pow(2).mean(-1, keepdim=True).sqrt() * (c / width)
+            y = y0 + x.sum(-1, keepdim=True) * d
+        q[:, layer] = y.pow(2).mean((1, 2)).numpy()
+        if layer:
+            inc[:, layer] = (q[:, layer] - y0.pow(2).mean((1, 2)).numpy()) / q[:, layer - 1]
+        x = torch.relu(y)
+    gain = np.full((seeds, depth), np.nan)
+    gain[:, 1:] = q[:, 1:] / q[:, :-1]
+    return {"q": q, "gain": gain, "increment": inc}
+
+
+def relu_share_draws(n: int, n_draws: int, generator: torch.Generator | None = None) -> dict:
+    """Monte Carlo of lemma ``pws-relu-moments``: ``n_draws`` vectors of n i.i.d. ReLU(N(0,1))
+    units; returns the per-draw squared mean ``xbar2`` and mean square ``x2`` (float64
+    arrays), whose mean ratio estimates the mean-path share :math:`1/\\pi+(1-1/\\pi)/n`.
+
+    Used in: PWS chapter, section "Variance transmission"."""
+    check_positive_int("n", n)
+    check_positive_int("n_draws", n_draws, minimum=2)
+    g = generator if generator is not None else torch.Generator().manual_seed(0)
+    x = torch.relu(torch.randn(n_draws, n, generator=g, dtype=torch.float64))
+    return {"xbar2": x.mean(1).pow(2).numpy(), "x2": x.pow(2).mean(1).numpy()}
+
+
+def backward_forward_gains(model: nn.Module, x: torch.Tensor,
+                           generator: torch.Generator | None = None) -> dict[str, np.ndarray]:
+    """Per-layer gains at one point of a :class:`~gnelib.nn.kernelmlp.KernelMLP` (every
+    replica): ``forward`` :math:`q_l/q_{l-1}` of the pre-activation second moments and
+    ``backward`` :math:`E[g_{l}^2]/E[g_{l+1}^2]` of the gradients with respect to the
+    pre-activations, for the loss :math:`\\sum r\\cdot\\text{logits}` with Gaussian r; arrays
+    (replicas, depth - 1), layer pairs in order.
+
+    Used in: PWS chapter, section "Equal footing"."""
+    g = generator if generator is not None else torch.Generator().manual_seed(0)
+    _, pre, out = model.trace(x)
+    for y in pre:
+        y.retain_grad()
+    r = torch.randn(out.shape, generator=g, dtype=out.dtype)
+    (out * r).sum().backward()
+    q = torch.stack([y.detach().double().pow(2).mean((1, 2)) for y in pre], 1)
+    gg = torch.stack([y.grad.double().pow(2).mean((1, 2)) for y in pre], 1)
+    model.zero_grad(set_to_none=True)
+    return {"forward": (q[:, 1:] / q[:, :-1]).numpy(), "backward": (gg[:, :-1] / gg[:, 1:]).numpy()}
 
 
 def pws_chain_records(width: int, depth: int, n_samples: int, alpha: float = 1.0,

@@ -1,11 +1,21 @@
-"""Registered experiments of the PWS chapter (Liu et al.'s parametric weights standardization):
-training a deep plain ReLU network at a large learning rate, with or without PWS or one of its
-ingredients, while recording the filter sums and activations step by step, and training a small
-ResNet with BN, GN or PWS at a given batch size.
+"""Registered experiments of the PWS chapter (Liu et al.'s parametric weights standardisation).
 
-Each experiment takes a frozen configuration and returns a JSON-able record, so that
-:class:`gnelib.runs.store.Store` can key, store and read it back (see :mod:`gnelib.runs.registry`). The
-per-profile sizes come from ``SIZES["pws"]`` in :mod:`gnelib.base.profiles`.
+- ``pws_stability``: one seed of a deep ReLU MLP (:class:`~gnelib.nn.kernelmlp.KernelMLP`) in one
+  arm (none / centring / WS / PWS / WN, preserving or decaying initial gain, read-out head),
+  trained by SGD at every learning rate of a log grid (the rates are replicas of one model:
+  same initial weights, same mini-batches); returns the divergence step at every rate.
+  ``gne sweep pws_stability --grid arm=... --seeds N`` adds seeds.
+- ``pws_collapse``: one run of the same network at one learning rate with the transmission
+  terms of every layer recorded at every step (centred path, shift path, bias path and the
+  measured second moment).
+- ``pws_batch_size``: a plain 1-d conv net with BN, GN, WS or PWS at one batch size, trained
+  for a fixed number of epochs (equal examples seen at every batch size).
+- ``pws_convnet``: the paper's own setting: a conv net without activation normalisation
+  (Normal, WN, WS or PWS convolutions), SGD lr 0.1, momentum 0.9, weight decay 5e-4.
+
+Each experiment takes a frozen, typed configuration and returns a JSON-able record that
+:class:`gnelib.runs.store.Store` keys and reads back. The per-profile tables of ``@register``
+are the only source of the sizes of these runs.
 """
 from __future__ import annotations
 
@@ -15,160 +25,419 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch.nn import functional as F
 
-from gnelib.base.errors import check_choice, check_positive, check_positive_int
-from gnelib.runs.registry import parse_numbers, profiles_from_sizes, register
-from gnelib.base.profiles import SIZES
+from gnelib.nn.kernelmlp import ARMS, GAIN_FAMILIES
+from gnelib.runs.registry import Config, param, register
 
-__all__ = ["CollapseConfig", "BatchSizeConfig", "pws_collapse", "pws_batch_size",
-           "COLLAPSE_NORMS", "BATCH_SIZE_NORMS"]
+__all__ = ["StabilityConfig", "CollapseConfig", "BatchSizeConfig", "ConvNetConfig",
+           "pws_stability", "pws_collapse", "pws_batch_size", "pws_convnet", "LR_GRID",
+           "HEADS", "BATCH_SIZE_NORMS", "CONVNET_ARMS", "largest_stable_lr", "head_std",
+           "train_replicas", "init_gain_draws", "LR_GRID_FINE"]
 
-COLLAPSE_NORMS = ("none", "centre", "wn", "pws")
-BATCH_SIZE_NORMS = ("bn", "gn", "pws")
-_BOOK = SIZES["pws"]["book"]
+#: The learning-rate grid of the stability sweep: 0.005 to 0.64 in steps of 2.
+LR_GRID = (0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64)
+#: The finer grid of the ``full`` profile (steps of about sqrt(2)).
+LR_GRID_FINE = (0.005, 0.007, 0.01, 0.014, 0.02, 0.028, 0.04, 0.057, 0.08, 0.11, 0.16, 0.23,
+                0.32, 0.45, 0.64, 0.9)
+#: Read-out heads: ``small`` = N(0, 0.01^2) (the reference notes' head), ``he`` = N(0, 2/width).
+HEADS = ("small", "he")
+#: Normalisations of the batch-size experiment.
+BATCH_SIZE_NORMS = ("bn", "gn", "ws", "pws")
+#: Convolution types of the paper's own setting (no activation normalisation).
+CONVNET_ARMS = ("normal", "wn", "ws", "pws")
 
+
+def head_std(head: str, width: int) -> float:
+    """The standard deviation of the read-out weights: 0.01 (``small``) or sqrt(2/width)."""
+    return 0.01 if head == "small" else math.sqrt(2.0 / width)
+
+
+def largest_stable_lr(lrs, diverged) -> float:
+    """The largest rate of the ascending grid ``lrs`` below the first diverged one (0 when the
+    smallest rate diverged; the largest rate when none did: the value is then censored)."""
+    best = 0.0
+    for lr, d in zip(lrs, diverged):
+        if d is not None:
+            break
+        best = lr
+    return best
+
+
+def train_replicas(model, data, steps: int, batch: int, lrs, momentum: float = 0.9,
+                   weight_decay: float = 0.0, generator: torch.Generator | None = None,
+                   callback=None) -> dict:
+    """SGD with momentum (torch's rule, no dampening) on the replicas of ``model`` (a
+    :class:`~gnelib.nn.kernelmlp.KernelMLP` with ``len(lrs)`` replicas), replica r at rate
+    ``lrs[r]``. Mini-batches are drawn as in :func:`gnelib.training.train` (a reshuffle per
+    epoch from ``generator``), the same for every replica. A replica whose loss becomes
+    non-finite is frozen from that step on. ``callback(step, model, losses)`` runs after
+    every step. Returns ``loss`` (steps × replicas, NaN after divergence) and
+    ``diverged_step`` (per replica, None if it finished)."""
+    R = len(lrs)
+    if getattr(model, "replicas", 1) != R:
+        raise ValueError(f"model has {model.replicas} replicas but {R} rates were given")
+    g = generator if generator is not None else torch.Generator().manual_seed(0)
+    params = [p for p in model.parameters() if p.requires_grad]
+    no_decay = {id(p) for n, p in model.named_parameters() if n in model.no_weight_decay()}
+    bufs = [torch.zeros_like(p) for p in params]
+    lr = torch.tensor(lrs, dtype=params[0].dtype)
+    alive = torch.ones(R, dtype=torch.bool)
+    diverged = [None] * R
+    losses = []
+    n = len(data.x_train)
+    bs = min(batch, n)
+    order, pos = torch.randperm(n, generator=g), 0
+    for step in range(1, steps + 1):
+        if pos + bs > n:
+            order, pos = torch.randperm(n, generator=g), 0
+        idx = order[pos:pos + bs]
+        pos += bs
+        xb, yb = data.x_train[idx], data.y_train[idx]
+        live = torch.nonzero(alive).flatten()
+        out = model(xb, live) if R > 1 else model(xb).unsqueeze(0)
+        k = len(live)
+        per = F.cross_entropy(out.reshape(k * bs, -1), yb.repeat(k), reduction="none")
+        loss = per.view(k, bs).mean(1)
+        vals = torch.full((R,), math.nan, dtype=loss.dtype)
+        vals[live] = loss.detach()
+        bad = alive & ~torch.isfinite(vals)
+        for r in torch.nonzero(bad).flatten().tolist():
+            diverged[r] = step
+        alive &= ~bad
+        losses.append(vals.tolist() if not bad.any() else
+                      torch.where(alive, vals, torch.full_like(vals, math.nan)).tolist())
+        if not alive.any():
+            break
+        ok = torch.isfinite(loss)
+        grads = torch.autograd.grad(torch.where(ok, loss, torch.zeros_like(loss)).sum(), params)
+        with torch.no_grad():
+            for p, gr, b in zip(params, grads, bufs):
+                shape = (R,) + (1,) * (p.dim() - 1)
+                mask = alive.view(shape)
+                gr = torch.where(mask, gr, torch.zeros_like(gr))
+                if weight_decay and id(p) not in no_decay:
+                    gr = gr + weight_decay * torch.where(mask, p, torch.zeros_like(p))
+                b.mul_(momentum).add_(gr)
+                p.sub_(torch.where(mask, lr.view(shape) * b, torch.zeros_like(b)))
+        if callback is not None:
+            callback(step, model, vals)
+    return {"loss": losses, "diverged_step": diverged}
+
+
+def _teacher(config):
+    from gnelib.data import teacher_data
+    return teacher_data(dim=config.in_dim, classes=config.classes,
+                        generator=torch.Generator().manual_seed(config.data_seed))
+
+
+# --------------------------------------------------------------------------- stability sweep
 
 @dataclass(frozen=True)
-class CollapseConfig:
-    """One SGD run of a plain ReLU MLP (:class:`~gnelib.nn.normnets.NormMLP`) on teacher data."""
+class StabilityConfig(Config):
+    """One seed of a deep ReLU MLP in one arm, trained at every rate of ``lrs``."""
 
-    norm: str = "pws"
-    lr: float = 0.2
-    depth: int = _BOOK["collapse_depth"]
-    width: int = _BOOK["collapse_width"]
-    steps: int = _BOOK["collapse_steps"]
-    batch: int = 128
-    momentum: float = 0.9
-    eps: float = 1e-5
-    in_dim: int = 64
-    classes: int = 10
-    probe_size: int = 256
-    data_seed: int = 1
-    record_steps: bool = True
-    seed: int = 1
+    arm: str = param("none", choices=ARMS)
+    gains: str = param("preserving", choices=GAIN_FAMILIES)
+    head: str = param("small", choices=HEADS)
+    lrs: tuple[float, ...] = param(LR_GRID, positive=True)
+    steps: int = param(300, positive=True)
+    depth: int = param(20, positive=True)
+    width: int = param(32, positive=True)
+    batch: int = param(64, positive=True)
+    momentum: float = param(0.9, minimum=0.0)
+    eps: float = param(1e-5, minimum=0.0)
+    in_dim: int = param(64, positive=True)
+    classes: int = param(10, minimum=2)
+    data_seed: int = param(1, minimum=0)
+    seed: int = param(0, minimum=0)
 
     def __post_init__(self):
-        check_choice("norm", self.norm, COLLAPSE_NORMS)
-        check_positive("lr", self.lr)
-        check_positive("eps", self.eps)
-        for f in ("depth", "width", "steps", "batch", "in_dim", "probe_size"):
-            check_positive_int(f, getattr(self, f))
-        check_positive_int("classes", self.classes, minimum=2)
-        if not 0 <= self.momentum < 1:
+        super().__post_init__()
+        if not self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
+        if list(self.lrs) != sorted(set(self.lrs)):
+            raise ValueError(f"lrs must be strictly increasing, got {self.lrs!r}")
+
+
+def _summary_stability(result: dict) -> dict:
+    return {"largest_stable_lr": result["largest_stable_lr"],
+            "diverged": sum(d is not None for d in result["diverged_step"])}
+
+
+_STABILITY_PROFILES = {"smoke": dict(steps=100),
+                       "book": dict(steps=300),
+                       "full": dict(steps=1000, width=128, batch=128)}
+
+
+@register("pws_stability", StabilityConfig, profiles=_STABILITY_PROFILES,
+          summary=_summary_stability)
+def pws_stability(config: StabilityConfig, device="cpu") -> dict:
+    """Train one seed of :class:`~gnelib.nn.kernelmlp.KernelMLP` (arm ``arm``, initial gains
+    ``gains``, read-out ``head``, see :func:`head_std`) on teacher data
+    (:func:`~gnelib.data.teacher_data`, ``data_seed``) by SGD with momentum at every rate of
+    ``lrs`` (one replica per rate: same initial weights, same mini-batches,
+    :func:`train_replicas`), for ``steps`` steps. Returns per rate the divergence step (None
+    if the run finished), the first and last losses and the loss every 10 steps, and
+    ``largest_stable_lr`` (:func:`largest_stable_lr`).
+
+    Used in: PWS chapter, section "Collapse at a large learning rate"."""
+    from gnelib.nn.kernelmlp import KernelMLP
+
+    data = _teacher(config)
+    g = torch.Generator().manual_seed(config.seed)
+    model = KernelMLP(config.in_dim, config.width, config.depth, config.classes, arm=config.arm,
+                      gains=config.gains, eps=config.eps,
+                      head_std=head_std(config.head, config.width), replicas=len(config.lrs),
+                      generator=g)
+    h = train_replicas(model, data, config.steps, config.batch, config.lrs, config.momentum,
+                       generator=g)
+    loss = np.array(h["loss"], dtype=float)
+    last = [float(col[np.isfinite(col)][-10:].mean()) if np.isfinite(col).any() else math.nan
+            for col in loss.T]
+    return {"lrs": list(config.lrs), "diverged_step": h["diverged_step"],
+            "first_loss": loss[0].tolist(), "final_loss": last,
+            "loss_every_10": loss[::10].T.tolist(),
+            "largest_stable_lr": largest_stable_lr(config.lrs, h["diverged_step"])}
+
+
+# --------------------------------------------------------------------------- traced collapse
+
+@dataclass(frozen=True)
+class CollapseConfig(Config):
+    """One run of the stability network at one rate, with the transmission terms recorded."""
+
+    arm: str = param("none", choices=ARMS)
+    gains: str = param("preserving", choices=GAIN_FAMILIES)
+    head: str = param("small", choices=HEADS)
+    lr: float = param(0.2, positive=True)
+    steps: int = param(100, positive=True)
+    depth: int = param(20, positive=True)
+    width: int = param(32, positive=True)
+    batch: int = param(64, positive=True)
+    momentum: float = param(0.9, minimum=0.0)
+    eps: float = param(1e-5, minimum=0.0)
+    in_dim: int = param(64, positive=True)
+    classes: int = param(10, minimum=2)
+    probe_size: int = param(256, positive=True)
+    data_seed: int = param(1, minimum=0)
+    seed: int = param(0, minimum=0)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.momentum < 1:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
 
 
 @register("pws_collapse", CollapseConfig,
-          profiles=profiles_from_sizes("pws", {"depth": "collapse_depth", "width": "collapse_width",
-                              "steps": "collapse_steps"}))
+          profiles={"smoke": dict(steps=40), "book": dict(steps=100),
+                    "full": dict(steps=300, width=128, batch=128)})
 def pws_collapse(config: CollapseConfig, device="cpu") -> dict:
-    """Train a deep plain ReLU network at a large learning rate and record, after every step,
-    the largest per-layer second moment of the pre-activations and the mean filter sum
-    :math:`|S_k|` of the effective kernels (the shift law, theorem ``pws-shift-law``).
+    """Train the network of :func:`pws_stability` at rate ``lr`` and record, before the first
+    step and after every step, on ``probe_size`` held-out inputs and for every layer, the terms
+    of theorem ``pws-transmission`` (:func:`~gnelib.probes.variance.transmission_records`):
+    ``centred`` = n v̄ σ², ``shift`` = mean S² (μ² + σ²/n), ``bias`` and the measured second
+    moment ``q`` of the pre-activations (lists over steps of lists over layers). Returns them
+    with ``step``, the loss per step and ``diverged_step``.
 
-    The network is :class:`~gnelib.nn.normnets.NormMLP` with normalization ``norm`` (``none``,
-    ``centre`` = centring only, ``wn`` = weight normalization only, ``pws``; PWS with
-    :math:`\\epsilon` = ``eps``) and a He-initialised read-out; the data are
-    :func:`~gnelib.nn.normnets.teacher_data` drawn with ``data_seed``; the statistics are taken on
-    the first ``probe_size`` test inputs with :func:`~gnelib.probes.variance.forward_records` and
-    :func:`~gnelib.probes.variance.weight_records` (read-out excluded). Training is
-    :func:`~gnelib.training.train` (SGD, no weight decay), seeded with ``seed``. Returns the
-    loss per step, ``diverged_step`` (``None`` if the run finished) and, if ``record_steps``,
-    the per-step lists ``step``, ``max_q``, ``mean_abs_S``.
-    """
-    from gnelib.probes import variance as vt
-    from gnelib.nn.normnets import NormMLP
-    from gnelib.data import teacher_data
+    Used in: PWS chapter, section "What grows first"."""
+    from gnelib.nn.kernelmlp import KernelMLP
+    from gnelib.probes.variance import transmission_records
+
+    data = _teacher(config)
+    probe = data.x_test[:config.probe_size]
+    g = torch.Generator().manual_seed(config.seed)
+    model = KernelMLP(config.in_dim, config.width, config.depth, config.classes, arm=config.arm,
+                      gains=config.gains, eps=config.eps,
+                      head_std=head_std(config.head, config.width), generator=g)
+    rows = {"step": [], "centred": [], "shift": [], "bias": [], "q": []}
+
+    def record(step, m, _):
+        recs = transmission_records(m, probe)
+        rows["step"].append(step)
+        for key in ("centred", "shift", "bias", "q"):
+            rows[key].append([r[key] for r in recs])
+
+    record(0, model, None)
+    h = train_replicas(model, data, config.steps, config.batch, (config.lr,), config.momentum,
+                       generator=g, callback=record)
+    loss = [row[0] for row in h["loss"]]
+    return {"loss": loss, "diverged_step": h["diverged_step"][0], **rows}
+
+
+# --------------------------------------------------------------------------- conv nets
+
+def _image_data(dataset: str, dry_run: bool, generator: torch.Generator):
+    from gnelib.data import Dataset, cifar10, mnist1d
+
+    if dry_run:  # random tensors of the data set's shape: code paths only (see tests)
+        shape = (3, 32, 32) if dataset == "cifar10" else (40,)
+        x = torch.randn(64, *shape, generator=generator)
+        y = torch.randint(10, (64,), generator=generator)
+        return Dataset(dataset, x, y, x[:16], y[:16], 10), (3 if dataset == "cifar10" else 1)
+    if dataset == "cifar10":
+        try:
+            return cifar10(), 3
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"{dataset} must be on disk: {err}") from None
+    return mnist1d(), 1
+
+
+def _conv_net(norm: str, in_ch: int, width: int, depth: int, dim: int, kernel_size: int,
+              eps: float, gn_groups: int, generator):
+    """A :class:`~gnelib.nn.normnets.PlainConvNet` in which ``ws`` is PWS with alpha frozen
+    (standardisation with a fixed gain) and ``normal`` is no normalisation; WS and PWS start
+    at the preserving alpha (1-1/pi)^(-1/2), WN at torch's g = ||V|| (the He kernel)."""
+    from gnelib.nn.normnets import PlainConvNet
+    from gnelib.theory.variance import holding_alpha
+
+    kind = {"normal": "none", "ws": "pws"}.get(norm, norm)
+    pws_kw = dict(eps=eps, alpha_init=float(holding_alpha())) if kind == "pws" else None
+    net = PlainConvNet(in_ch, width, depth, 10, norm=kind, dim=dim, kernel_size=kernel_size,
+                       gn_groups=gn_groups, pws_kw=pws_kw, head_std=0.01, generator=generator)
+    if norm == "ws":
+        for name, p in net.named_parameters():
+            if name.endswith("alpha"):
+                p.requires_grad_(False)
+    return net
+
+
+def _train_conv(net, data, steps, batch, lr, momentum, weight_decay, generator, eval_every):
     from gnelib.training import train
 
-    dev = torch.device(device)
-    teacher = teacher_data(dim=config.in_dim, classes=config.classes,
-                           generator=torch.Generator().manual_seed(config.data_seed))
-    probe = teacher.x_test[:config.probe_size].to(dev)
-    g = torch.Generator().manual_seed(config.seed)
-    model = NormMLP(config.in_dim, config.width, config.depth, config.classes, norm=config.norm,
-                    pws_kw=dict(eps=config.eps), head_std=math.sqrt(2 / config.width),
-                    generator=g)
-    rows = {"step": [], "max_q": [], "mean_abs_S": []}
-
-    def callback(step, m, loss):
-        if config.record_steps:
-            f = vt.forward_records(m, probe, step)
-            w = vt.weight_records(m, step)
-            rows["step"].append(step)
-            rows["max_q"].append(max(r["second_moment"] for r in f[:-1]))
-            rows["mean_abs_S"].append(float(np.mean([r["mean_abs_S"] for r in w[:-1]])))
-
-    hist = train(model, teacher, config.steps, config.batch, config.lr, config.momentum, 0.0,
-                 device=dev, generator=g, progress=False, callback=callback)
-    out = {"loss": list(hist.loss), "diverged_step": hist.diverged_step,
-           "last_finite_loss": hist.last_finite_loss}
-    if config.record_steps:
-        out.update(rows)
-    return out
+    t0 = time.perf_counter()
+    h = train(net, data, steps, batch, lr, momentum, weight_decay, generator=generator,
+              progress=False, eval_every=eval_every)
+    return h, time.perf_counter() - t0
 
 
 @dataclass(frozen=True)
-class BatchSizeConfig:
-    """One training run of :class:`~gnelib.nn.normnets.PWSResNet` at one batch size."""
+class BatchSizeConfig(Config):
+    """A plain 1-d (or 2-d) conv net with one normalisation, at one batch size."""
 
-    norm: str = "pws"
-    batch: int = 64
-    steps: int = _BOOK["bs_steps"]
-    lr: float = _BOOK["bs_lr"]
-    dataset: str = _BOOK["bs_dataset"]
-    widths: str = ",".join(str(w) for w in _BOOK["bs_widths"])
-    blocks: str = ",".join(str(b) for b in _BOOK["bs_blocks"])
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    gn_groups: int = 4
-    seed: int = 13
-
-    def __post_init__(self):
-        check_choice("norm", self.norm, BATCH_SIZE_NORMS)
-        check_choice("dataset", self.dataset, ("mnist1d", "cifar10"))
-        for f in ("batch", "steps", "gn_groups"):
-            check_positive_int(f, getattr(self, f))
-        check_positive("lr", self.lr)
-        if len(tuple(parse_numbers(self.widths, "widths"))) != len(tuple(parse_numbers(self.blocks, "blocks"))):
-            raise ValueError(f"widths and blocks must have equal length, got {self.widths!r} "
-                             f"and {self.blocks!r}")
+    norm: str = param("pws", choices=BATCH_SIZE_NORMS)
+    batch: int = param(32, positive=True)
+    epochs: float = param(2.0, positive=True)
+    lr_at_128: float = param(0.1, positive=True)
+    dataset: str = param("mnist1d", choices=("mnist1d", "cifar10"))
+    n_train: int = param(4000, positive=True)
+    depth: int = param(4, positive=True)
+    width: int = param(32, positive=True)
+    kernel_size: int = param(5, positive=True)
+    momentum: float = param(0.9, minimum=0.0)
+    weight_decay: float = param(5e-4, minimum=0.0)
+    eps: float = param(1e-3, minimum=0.0)
+    gn_groups: int = param(8, positive=True)
+    dry_run: bool = param(False)
+    seed: int = param(0, minimum=0)
 
 
-@register("pws_batch_size", BatchSizeConfig,
-          profiles=profiles_from_sizes("pws", {"steps": "bs_steps", "lr": "bs_lr", "dataset": "bs_dataset",
-                              "widths": "bs_widths", "blocks": "bs_blocks"}))
+_BS_PROFILES = {"smoke": dict(epochs=1.0, n_train=200, depth=3, width=16),
+                "book": dict(epochs=2.0, n_train=1000),
+                "full": dict(dataset="cifar10", epochs=30.0, n_train=50000, depth=9, width=96,
+                             kernel_size=3)}
+
+
+@register("pws_batch_size", BatchSizeConfig, profiles=_BS_PROFILES)
 def pws_batch_size(config: BatchSizeConfig, device="cpu") -> dict:
-    """Test accuracy of a small ResNet (:class:`~gnelib.nn.normnets.PWSResNet`, BN or GN in every
-    block, or PWS convolutions with only two GroupNorm(1) layers, Definition ``pws-def-pws``)
-    after ``steps`` SGD steps at batch size ``batch``.
+    """Test accuracy of a plain conv net (:class:`~gnelib.nn.normnets.PlainConvNet`, read-out
+    N(0, 0.01²)) with BN or GN after every conv, or WS / PWS convolutions and no activation
+    normalisation, after ``epochs`` epochs over the first ``n_train`` training examples at
+    batch size ``batch``: the number of steps is ``epochs·n_train/batch``, so every batch size
+    sees the same examples; the rate is scaled linearly, ``lr = lr_at_128·batch/128``
+    (Goyal et al. 2017). SGD with momentum and weight decay (none on alpha). ``dry_run`` uses
+    random tensors of the data set's shape and two steps. Returns ``accuracy``, ``test_loss``,
+    ``diverged_step``, ``steps``, ``lr`` and ``sec_per_step`` (wall clock, volatile).
 
-    ``dataset`` is ``mnist1d`` (1-d convolutions) or ``cifar10`` (2-d, must be on disk);
-    ``widths``/``blocks`` are comma-separated per-stage values. Training is
-    :func:`~gnelib.training.train` with momentum and weight decay (none on α), seeded with
-    ``seed``. Returns ``accuracy`` (final test accuracy), ``diverged_step``, the loss per step,
-    the data set's name and number of classes, and ``sec_per_step`` (wall clock: volatile).
-    """
-    from gnelib.data import cifar10, mnist1d
-    from gnelib.nn.normnets import PWSResNet
-    from gnelib.training import train
-
-    if config.dataset == "cifar10":
-        try:
-            data = cifar10()
-        except FileNotFoundError as err:
-            raise FileNotFoundError(f"pws_batch_size on cifar10 needs CIFAR-10: {err}") from None
-        in_ch, dim = 3, 2
-    else:
-        data = mnist1d()
-        in_ch, dim = 1, 1
+    Used in: PWS chapter, section "Robustness to the batch size"."""
     g = torch.Generator().manual_seed(config.seed)
-    net = PWSResNet(in_ch, data.num_classes, widths=tuple(parse_numbers(config.widths, "widths")),
-                    blocks=tuple(parse_numbers(config.blocks, "blocks")), norm=config.norm, dim=dim,
-                    gn_groups=config.gn_groups, generator=g)
-    t0 = time.perf_counter()
-    h = train(net, data, config.steps, config.batch, config.lr, config.momentum,
-              config.weight_decay, device=device, generator=g, progress=False)
-    return {"accuracy": h.final_accuracy, "diverged_step": h.diverged_step,
-            "loss": list(h.loss), "dataset": data.name, "num_classes": data.num_classes,
-            "sec_per_step": (time.perf_counter() - t0) / config.steps}
+    data, in_ch = _image_data(config.dataset, config.dry_run, g)
+    data = data.subset(config.n_train)
+    dim = 2 if config.dataset == "cifar10" else 1
+    net = _conv_net(config.norm, in_ch, config.width, config.depth, dim, config.kernel_size,
+                    config.eps, config.gn_groups, g)
+    steps = 2 if config.dry_run else max(1, round(config.epochs * len(data.x_train) / config.batch))
+    lr = config.lr_at_128 * config.batch / 128
+    h, sec = _train_conv(net, data, steps, config.batch, lr, config.momentum,
+                         config.weight_decay, g, None)
+    return {"accuracy": h.final_accuracy if not h.diverged else math.nan,
+            "test_loss": h.test_loss[-1] if h.test_loss else math.nan,
+            "diverged_step": h.diverged_step, "steps": steps, "lr": lr,
+            "sec_per_step": sec / steps}
+
+
+@dataclass(frozen=True)
+class ConvNetConfig(Config):
+    """The paper's own setting: a conv net without activation normalisation."""
+
+    arm: str = param("pws", choices=CONVNET_ARMS)
+    lr: float = param(0.1, positive=True)
+    momentum: float = param(0.9, minimum=0.0)
+    weight_decay: float = param(5e-4, minimum=0.0)
+    batch: int = param(128, positive=True)
+    epochs: float = param(10.0, positive=True)
+    dataset: str = param("mnist1d", choices=("mnist1d", "cifar10"))
+    depth: int = param(9, positive=True)
+    width: int = param(32, positive=True)
+    kernel_size: int = param(3, positive=True)
+    eps: float = param(1e-3, minimum=0.0)
+    eval_every: int = param(50, positive=True)
+    dry_run: bool = param(False)
+    seed: int = param(0, minimum=0)
+
+
+@register("pws_convnet", ConvNetConfig,
+          profiles={"smoke": dict(epochs=1.0, depth=5, width=16, eval_every=10),
+                    "book": dict(epochs=6.0),
+                    "full": dict(dataset="cifar10", epochs=30.0, depth=9, width=96,
+                                 eval_every=400)})
+def pws_convnet(config: ConvNetConfig, device="cpu") -> dict:
+    """The paper's conv-net setting, on our data: ``depth`` convolutions (Normal = He, WN, WS =
+    standardisation with a fixed gain, PWS) each followed by a ReLU and no activation
+    normalisation, global average pooling and a read-out N(0, 0.01²)
+    (:class:`~gnelib.nn.normnets.PlainConvNet`); every arm starts with the He-preserving gain.
+    SGD at ``lr`` with momentum and weight decay (none on alpha), batch ``batch``, for
+    ``epochs`` epochs. Returns the training loss per step, the test accuracy every
+    ``eval_every`` steps, ``diverged_step`` and ``accuracy`` (final test accuracy).
+
+    Used in: PWS chapter, section "The paper's setting"."""
+    g = torch.Generator().manual_seed(config.seed)
+    data, in_ch = _image_data(config.dataset, config.dry_run, g)
+    dim = 2 if config.dataset == "cifar10" else 1
+    net = _conv_net(config.arm, in_ch, config.width, config.depth, dim, config.kernel_size,
+                    config.eps, 8, g)
+    steps = 2 if config.dry_run else max(1, round(config.epochs * len(data.x_train) / config.batch))
+    h, sec = _train_conv(net, data, steps, config.batch, config.lr, config.momentum,
+                         config.weight_decay, g, config.eval_every)
+    return {"loss": list(h.loss), "eval_step": list(h.eval_step),
+            "test_accuracy": list(h.test_accuracy), "diverged_step": h.diverged_step,
+            "accuracy": h.final_accuracy if not h.diverged else math.nan, "steps": steps,
+            "sec_per_step": sec / steps}
+
+
+# --------------------------------------------------------------------------- inline helpers
+
+def init_gain_draws(width: int, depth: int, batch: int, seeds: int, in_dim: int = 64,
+                    families=GAIN_FAMILIES, arms=ARMS) -> dict:
+    """Per-layer forward and backward gains at initialisation of
+    :class:`~gnelib.nn.kernelmlp.KernelMLP` (epsilon 0) for every arm and gain family,
+    measured with :func:`~gnelib.probes.variance.backward_forward_gains` on ``batch`` Gaussian
+    inputs: ``{(family, arm): {"forward": per-seed mean ratio over layers 2.., "backward":
+    per-seed mean ratio over the layer pairs}}`` (arrays of ``seeds`` values).
+
+    Used in: PWS chapter, section "Equal footing"."""
+    from gnelib.nn.kernelmlp import KernelMLP
+    from gnelib.probes.variance import backward_forward_gains
+
+    out = {}
+    for fam in families:
+        for arm in arms:
+            fw, bw = [], []
+            for s in range(seeds):
+                g = torch.Generator().manual_seed(10_000 + s)
+                m = KernelMLP(in_dim, width, depth, 10, arm=arm, gains=fam, eps=0.0, generator=g)
+                r = backward_forward_gains(m, torch.randn(batch, in_dim, generator=g), g)
+                fw.append(float(r["forward"][0, 1:].mean()))
+                bw.append(float(r["backward"][0].mean()))
+            out[fam, arm] = {"forward": np.array(fw), "backward": np.array(bw)}
+    return out

@@ -13,8 +13,8 @@ import math
 import numpy as np
 
 __all__ = ["relu_moments", "mean_path_share", "random_weight_second_moment",
-           "transmitted_second_moment", "shift_gain", "MEAN_PATH_SHARE", "pws_relu_gain",
-           "pws_gain", "holding_alpha", "bn_ws_correlation"]
+           "transmitted_second_moment", "transmission_terms", "shift_gain", "MEAN_PATH_SHARE", "pws_relu_gain",
+           "pws_gain", "holding_alpha", "bn_ws_correlation", "init_gains"]
 
 #: Share of a ReLU output's second moment carried by its mean, mu^2/E[x^2] = 1/pi (eq. relu-moments).
 MEAN_PATH_SHARE = 1.0 / math.pi
@@ -49,6 +49,14 @@ def transmitted_second_moment(n, v_bar, s2_bar, sigma2, mu2):
     uncorrelated and independent of the weights, the channel-averaged output second moment is
     :math:`n\\bar v\\sigma^2 + \\overline{S^2}(\\sigma^2/n + \\mu^2)` (exact)."""
     return n * v_bar * sigma2 + s2_bar * (sigma2 / n + mu2)
+
+
+def transmission_terms(n, v_bar, s2_bar, sigma2, mu2):
+    """The two paths of theorem ``pws-transmission`` (a), ``(centred, shift)``:
+    :math:`n\\bar v\\sigma^2` and :math:`\\overline{S^2}(\\mu^2+\\sigma^2/n)`; their sum is
+    :func:`transmitted_second_moment`. Used in: PWS chapter, section "What grows first"."""
+    centred = n * np.asarray(v_bar, dtype=np.float64) * sigma2
+    return centred, transmitted_second_moment(n, v_bar, s2_bar, sigma2, mu2) - centred
 
 
 def shift_gain(c, n=None):
@@ -95,3 +103,25 @@ def bn_ws_correlation(v, m):
     return np.sqrt(v / (v + np.asarray(m, dtype=np.float64) ** 2))
 
 
+
+
+def init_gains(arm: str, a: float, n: int) -> tuple[float, float]:
+    """Per-layer gains at initialisation of a deep ReLU chain of square layers of width n
+    whose kernels are those of arm ``arm`` with gain parameter ``a`` (the arms of
+    :mod:`gnelib.nn.kernelmlp`; bias 0, epsilon 0): ``(forward, backward)``, the factors by
+    which the second moment of the pre-activations and of their gradients change per layer.
+
+    Forward: He weights times a keep both paths, :math:`a^2`; centring keeps the centred path,
+    :math:`a^2(1-1/\\pi)(n-1)/n`; WS/PWS :math:`a^2(1-1/\\pi)` (:func:`pws_relu_gain`); WN
+    (filter norm a, not centred) :math:`a^2/2`; ``n`` may be ``math.inf``. Backward: the gradient is zero-mean, so only
+    the squared kernel entries count, :math:`\\tfrac n2\\,\\overline{K^2}`: :math:`a^2`,
+    :math:`a^2(n-1)/n`, :math:`a^2`, :math:`a^2/2`. Used in: PWS chapter, section "Equal
+    footing"."""
+    r2 = 1 - 1 / np.pi
+    a2 = float(a) ** 2
+    fin = 1.0 if math.isinf(n) else (n - 1) / n
+    table = {"none": (a2, a2), "centre": (a2 * r2 * fin, a2 * fin),
+             "ws": (a2 * r2, a2), "pws": (a2 * r2, a2), "wn": (a2 / 2, a2 / 2)}
+    if arm not in table:
+        raise ValueError(f"arm must be one of {', '.join(table)}, got {arm!r}")
+    return table[arm]
