@@ -9,12 +9,14 @@ STAMP := $(VENV)/.installed
 export TQDM_DISABLE ?= 1
 export PYTHONHASHSEED := 0
 
-.PHONY: all venv book test unit smoke nbval render-smoke bench bench-smoke clean help
+.PHONY: all venv book test unit smoke nbval render-smoke bench bench-smoke mutate clean help
 
 help:
 	@echo "make book   - execute every chapter at the 'book' profile and render HTML (build/book/_build/html)"
 	@echo "make test   - unit tests, smoke execution, nbval re-execution, strict book build"
 	@echo "make bench  - the benchmark suite (about 5 min on 2 cores); results in data/results/bench/"
+	@echo "make mutate - science mutation testing: do the unit tests and chapters notice planted bugs?"
+	@echo "              (tools/mutants.toml; kill matrix in data/results/mutate.json; MUTATE_ARGS=--unit-only ...)"
 	@echo "make clean  - remove build outputs (keeps .venv and data/)"
 
 $(STAMP): pyproject.toml constraints.txt
@@ -47,6 +49,10 @@ bench: $(STAMP)
 
 bench-smoke: $(STAMP)
 	$(BIN)/python -m benchmarks --all --smoke $(BENCH_ARGS)
+
+# Not part of `make test`: each mutant reruns unit tests and chapters in a copy of the repo.
+mutate: $(STAMP)
+	$(BIN)/python tools/mutate.py $(MUTATE_ARGS)
 
 render-smoke: $(STAMP)
 	$(BIN)/python tools/book.py render --profile smoke
