@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 export TQDM_DISABLE ?= 1
 export PYTHONHASHSEED := 0
 
-.PHONY: all venv book test unit smoke same-record nbval render-smoke check-html bench bench-smoke bench-book lab clean help
+.PHONY: all venv book test unit smoke same-record nbval render-smoke check-html bench bench-smoke bench-book lab mutate clean help
 
 help:
 	@echo "make book   - execute every chapter at the 'book' profile and render HTML (build/book/_build/html)"
@@ -17,6 +17,8 @@ help:
 	@echo "make lab    - JupyterLab at the 'smoke' profile: chapters open as notebooks (GNE_PROFILE=book make lab for book sizes)"
 	@echo "make bench  - the benchmark suite (about 10 min on 2 cores); results in data/results/bench/"
 	@echo "make bench-book - the book-sized suite the Performance page falls back on (a few min)"
+	@echo "make mutate - science mutation testing: do the unit tests and chapters notice planted bugs?"
+	@echo "              (tools/mutants.toml; kill matrix in data/results/mutate.json; MUTATE_ARGS=--unit-only ...)"
 	@echo "make clean  - remove build outputs (keeps .venv and data/)"
 
 $(STAMP): pyproject.toml constraints.txt tools/lab-overrides.json5
@@ -64,6 +66,10 @@ bench-smoke: $(STAMP)
 lab: export GNE_PROFILE ?= smoke
 lab: $(STAMP)
 	$(BIN)/jupyter lab --no-browser $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
+
+# Not part of `make test`: each mutant reruns unit tests and chapters in a copy of the repo.
+mutate: $(STAMP)
+	$(BIN)/python tools/mutate.py $(MUTATE_ARGS)
 
 render-smoke: $(STAMP)
 	$(BIN)/python tools/book.py render --profile smoke
