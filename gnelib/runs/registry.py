@@ -40,11 +40,10 @@ from dataclasses import dataclass
 import torch
 
 from gnelib.base.errors import check_choice, check_positive, check_positive_int
-from gnelib.base.profiles import SIZES, check_profile
+from gnelib.base.profiles import check_profile
 
 __all__ = ["Experiment", "Config", "param", "validate", "type_name", "command_line", "register", "get", "names", "make_config", "parse_value",
-           "config_key", "config_dict", "library_version", "estimate_memory",
-           "profiles_from_sizes", "parse_numbers"]
+           "config_key", "config_dict", "library_version", "estimate_memory"]
 
 _SCALARS = (int, float, str, bool)
 _TUPLES = {tuple[int, ...]: int, tuple[float, ...]: float, tuple[str, ...]: str}
@@ -123,34 +122,8 @@ class Config:
         validate(self)
 
 
-def profiles_from_sizes(chapter: str, fields: dict) -> dict:
-    """Per-profile defaults for :func:`register` read from ``SIZES[chapter]``, the one source
-    of a chapter's sizes: ``fields`` maps a configuration field to a size key or to a function
-    of the sizes dict; list values become comma-separated strings (configuration fields are
-    scalars, see :func:`parse_numbers`)."""
-    out = {}
-    for profile, sizes in SIZES[chapter].items():
-        row = {}
-        for field, src in fields.items():
-            value = src(sizes) if callable(src) else sizes[src]
-            if isinstance(value, (list, tuple)):
-                value = ",".join(format(v, "g") if isinstance(v, float) else str(v) for v in value)
-            row[field] = value
-        out[profile] = row
-    return out
 
 
-def parse_numbers(text: str, field: str, kind: type = int) -> list:
-    """The positive numbers of a comma-separated configuration field, e.g. ``"5,10,20"``;
-    a clear ``ValueError`` naming ``field`` otherwise."""
-    what = "integers" if kind is int else "numbers"
-    try:
-        values = [kind(t) for t in str(text).split(",") if t.strip()]
-    except ValueError:
-        raise ValueError(f"{field} must be comma-separated positive {what}, got {text!r}") from None
-    if not values or any(not v > 0 for v in values):
-        raise ValueError(f"{field} must be comma-separated positive {what}, got {text!r}")
-    return values
 
 
 def library_version() -> str:
