@@ -456,14 +456,17 @@ def run_mutant(mutant: Mutant, args, baseline: dict, known_failures: frozenset =
 
 
 def tree_digest() -> str:
-    """SHA-256 of every file a mutant's copy holds (what a chapter's baseline depends on)."""
+    """SHA-256 of every file a mutant's copy holds (what the baselines depend on), except the
+    harness itself and its mutant list."""
     import hashlib
     h = hashlib.sha256()
+    skip = {Path(__file__).resolve(), MUTANTS.resolve()}
     for name in COPY:
         src = ROOT / name
         files = sorted(src.rglob("*")) if src.is_dir() else [src]
         for f in files:
-            if f.is_file() and "__pycache__" not in f.parts and f.suffix not in (".pyc", ".ipynb"):
+            if f.is_file() and "__pycache__" not in f.parts and f.suffix not in (".pyc", ".ipynb") \
+                    and f.resolve() not in skip:
                 h.update(str(f.relative_to(ROOT)).encode() + b"\0" + f.read_bytes() + b"\0")
     return h.hexdigest()
 
@@ -628,7 +631,10 @@ def _line(rec: dict, done: int, total: int) -> str:
             parts.append(f"{ch} SURVIVED")
         else:
             e = res.get("error") or {}
-            parts.append(f"{ch} {res['verdict']} (cell {e.get('cell', '?')}: {e.get('exception', '')[:120]})")
+            what = e.get("exception", "")
+            if what.rstrip().endswith(":") and e.get("line"):  # an assert without a message
+                what += f" [{e['line']}]"
+            parts.append(f"{ch} {res['verdict']} (cell {e.get('cell', '?')}: {what[:160]})")
     return f"{head} " + " | ".join(parts)
 
 
