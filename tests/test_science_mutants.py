@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-import gnelib.moments as M
-from gnelib.inits import init_weight_
-from gnelib.layers import standardized_weight
-from gnelib.theory import relu_block_phi, relu_block_relative_variance, relu_block_scale
+import gnelib.theory.moments as M
+from gnelib.nn.init import init_weight_
+from gnelib.nn.convs import standardized_weight
+from gnelib.theory.relu import relu_block_phi, relu_block_relative_variance, relu_block_scale
 
 Z = 5.0
 
@@ -51,7 +51,7 @@ def test_dense_phi2_small_matrices_monte_carlo(m, n):
 # ------------------------------------------------------------------ moments.sWS: the n - 1
 @pytest.mark.parametrize("m,n", [(3, 3), (4, 5)])
 def test_sws_phi2_against_standardized_weights(m, n):
-    """Rows of sWS weights (gnelib.layers.standardized_weight of Gaussian raw weights) are
+    """Rows of sWS weights (gnelib.nn.convs.standardized_weight of Gaussian raw weights) are
     uniform on a sphere of the (n-1)-dimensional subspace orthogonal to 1: at n = 3 the
     formula's (m-1)/(n-1) and an uncorrected (m-1)/n differ by 50 %."""
     g = torch.Generator().manual_seed(7 * m + n)
@@ -70,7 +70,7 @@ def test_sws_phi2_against_standardized_weights(m, n):
 # ------------------------------------------------------------------ theory: the first chapter's predictions
 @pytest.mark.parametrize("init", ["xavier", "he", "orthogonal", "gaussian"])
 def test_relu_block_scale_matches_the_initialisation(init):
-    """s = n Var(W_ij) (or g^2) read off the weights gnelib.inits.init_weight_ draws for a
+    """s = n Var(W_ij) (or g^2) read off the weights gnelib.nn.init.init_weight_ draws for a
     square layer, against relu_block_scale."""
     n, draws = 256, 8
     vals = []
@@ -83,9 +83,9 @@ def test_relu_block_scale_matches_the_initialisation(init):
     else:
         assert_close(vals, relu_block_scale(init), f"{init} scale")
     # closed forms: Xavier 2/(n_in+n_out) and Gaussian 1/n give s = 1, He 2/n gives 2
-    assert relu_block_scale(init) == {"xavier": 1.0, "he": 2.0, "orthogonal": 1.0,
-                                      "gaussian": 1.0}[init]
-    assert relu_block_scale(init, gain=3.0) == pytest.approx(9 * relu_block_scale(init))
+    assert relu_block_scale(init) == pytest.approx({"xavier": 1.0, "he": 2.0, "orthogonal": 1.0,
+                                                    "gaussian": 1.0}[init], rel=1e-12)
+    assert relu_block_scale(init, gain=3.0) == pytest.approx(9.0)  # gain is the full gain g: s = g^2
 
 
 @pytest.mark.parametrize("init", ["xavier", "he", "orthogonal"])
@@ -116,11 +116,11 @@ def test_mean_path_share_small_n_closed_form_and_monte_carlo():
     """E[xbar^2]/E[x^2] for n i.i.d. ReLU(N(0, 1)) units: E x^2 = 1/2, E[xbar^2] =
     mu^2 + var/n with mu^2 = 1/(2 pi), var = (1 - 1/pi)/2, so the share is 1/pi + (1-1/pi)/n;
     n = 1 gives exactly 1 (xbar = x)."""
-    from gnelib.variance import mean_path_share
+    from gnelib.theory.variance import mean_path_share
     from scipy import integrate, stats
 
     assert mean_path_share(1) == pytest.approx(1.0, rel=1e-14)
-    # the two ReLU moments by quadrature, independently of gnelib.variance.relu_moments
+    # the two ReLU moments by quadrature, independently of gnelib.theory.variance.relu_moments
     m1 = integrate.quad(lambda t: t * stats.norm.pdf(t), 0, np.inf)[0]
     m2 = integrate.quad(lambda t: t * t * stats.norm.pdf(t), 0, np.inf)[0]
     for n in (2, 3, 16):
@@ -138,7 +138,7 @@ def test_shift_gain_exact_closed_form_and_one_layer_monte_carlo():
     """Exact per-layer gain of the shifted He ReLU chain, derived here: with w = z + delta,
     z ~ N(0, 2/n) i.i.d., delta ~ N(0, c^2/n^2) per filter, and x = ReLU(N(0, 1)) inputs,
     E y^2 = sigma^2 E||w||^2 + mu^2 E S^2 = (1-1/pi)(1 + c^2/(2n)) + (2 + c^2)/(2 pi)."""
-    from gnelib.variance import shift_gain
+    from gnelib.theory.variance import shift_gain
 
     for n in (2, 5, 64):
         for c in (0.0, 1.5, 4.0):
@@ -163,7 +163,7 @@ def test_local_rate_prediction_against_independent_haar_monte_carlo(d):
     2/(d+1) differ by 20 %."""
     from scipy.stats import ortho_group
 
-    import gnelib.bn_experiments as bx
+    import gnelib.runs.bn as bx
 
     g = torch.Generator().manual_seed(d)
     pred = bx.local_decay(d, 2, 2, [0, 2], g)["predicted"]
