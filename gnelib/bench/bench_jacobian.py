@@ -1,4 +1,4 @@
-"""Benchmark 3: Jacobian moments by probes (:func:`gnelib.jacobian_moments`) against
+"""Benchmark 3: Jacobian moments by probes (:func:`gnelib.probes.jacobian.jacobian_moments`) against
 materialising the Jacobian with ``torch.func.jacrev`` (``jacobian_moments(..., exact=True)``).
 
 The block is one wide layer :math:`f(x)=\\tanh(Wx)`, :math:`W_{ij}\\sim\\mathcal N(0,1/n)`,

@@ -7,7 +7,7 @@ respect to the input, the scale and the shift (``torch.autograd.grad``: nothing 
 into a leaf's ``.grad``, as for a layer inside a network). Contenders:
 
 - ``BatchNorm2d``: ``torch.nn.BatchNorm2d`` (the reference; a fused native kernel);
-- ``SMN eager``: :class:`gnelib.SecondMomentNorm` (closed-form backward, the default);
+- ``SMN eager``: :class:`gnelib.nn.norms.SecondMomentNorm` (closed-form backward, the default);
 - ``BN eager``: batch norm in plain ops (:func:`batch_norm_plain`), autograd backward;
 - ``SMN compiled``: :class:`gnelib.nn.fast.CompiledSecondMomentNorm`, what the library ships:
   forward and closed-form backward, each compiled with ``torch.compile``;
@@ -59,7 +59,7 @@ PASSES = 8
 
 def batch_norm_plain(x, weight, bias, eps: float = 1e-5):
     """Training-mode batch normalisation (Ioffe & Szegedy 2015) in plain ops, written like
-    :func:`gnelib.second_moment_norm`: :math:`y=\\gamma_c(x-\\mu_c)/\\sqrt{\\sigma_c^2+\\epsilon}
+    :func:`gnelib.nn.norms.second_moment_norm`: :math:`y=\\gamma_c(x-\\mu_c)/\\sqrt{\\sigma_c^2+\\epsilon}
     +\\beta_c` with the biased batch variance over all dims but the channel dim."""
     view = (1, -1) + (1,) * (x.ndim - 2)
     var, mu = torch.var_mean(x, reduce_dims(x), correction=0, keepdim=True)

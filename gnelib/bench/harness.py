@@ -14,7 +14,7 @@ contenders (zero-argument callables doing the same work). For each case the harn
 
 On CUDA every timed call ends with ``torch.cuda.synchronize()``. The suite's record
 (hardware, thread count, load average, date, all of the above, goals) is written as JSON with
-:func:`gnelib.atomic_write_json` to ``data/results/bench/<name>.json``
+:func:`gnelib.base.io.atomic_write_json` to ``data/results/bench/<name>.json``
 (``data/results/bench/smoke/<name>.json`` for smoke runs, so a smoke run never replaces a
 real one). Nothing here asserts anything about time.
 """

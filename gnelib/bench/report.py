@@ -31,7 +31,7 @@ def load(name: str, prefer_smoke: bool = False, profiles=None) -> dict | None:
 
 
 def revive(obj):
-    """Undo :func:`gnelib.atomic_write_json`'s spelling of non-finite floats as strings."""
+    """Undo :func:`gnelib.base.io.atomic_write_json`'s spelling of non-finite floats as strings."""
     if isinstance(obj, dict):
         return {k: revive(v) for k, v in obj.items()}
     if isinstance(obj, list):

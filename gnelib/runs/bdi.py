@@ -231,8 +231,7 @@ def serial_blocks(model) -> list[nn.Module]:
 def conv_block_moments(model, x: torch.Tensor, probes: int = 8,
                        generator: torch.Generator | None = None) -> np.ndarray:
     """(φ, φ₂) of every conv→activation block's Jacobian of an un-normalised serial net, each at
-    the input it receives from ``x`` (Hutchinson probes, :func:`~gnelib.probes.jacobian.
-    jacobian_moments`): an array (blocks, 2).
+    the input it receives from ``x`` (Hutchinson probes, :func:`~gnelib.probes.jacobian.jacobian_moments`): an array (blocks, 2).
 
     Used in: bdi, §"Per-layer gradient norms at initialisation in the serial network"."""
     h, out = x, []

@@ -5,7 +5,7 @@ Records live in ``data/results/store/<experiment>/<key>.json`` where ``key`` is
 the library version, :func:`gnelib.runs.registry.library_version`: ``gnelib.__version__`` and a
 digest of the library's source, so a change to the code never reads back a stale result). Each record holds the configuration, the result, run metadata and a
 SHA-256 checksum of the configuration and result, and is written atomically with
-:func:`~gnelib.book.chapter.atomic_write_json`. :meth:`Store.run` reads a finished configuration back
+:func:`~gnelib.base.io.atomic_write_json`. :meth:`Store.run` reads a finished configuration back
 instead of rerunning it; a record that does not parse, whose key or checksum does not match,
 or that misses a field is reported with a :class:`StoreWarning` and recomputed; something
 else in a record's place (a folder) is a :class:`StoreError`. Opening a store removes the
@@ -48,7 +48,7 @@ STALE_SECONDS = 60.0
 
 
 def default_root() -> Path:
-    """``data/results/store`` under :func:`~gnelib.book.chapter.data_dir`."""
+    """``data/results/store`` under :func:`~gnelib.base.io.data_dir`."""
     return data_dir() / "results" / "store"
 
 
