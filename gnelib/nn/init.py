@@ -3,15 +3,12 @@
 ``gain`` is always the **full** gain :math:`g` of the scheme, i.e. the weight is
 :math:`g\\,\\times` a matrix of unit scale:
 
-========================  =================================================  =============
-scheme                    weight                                            default g
-========================  =================================================  =============
-``he`` (alias ``kaiming``) :math:`\\mathcal N(0, g^2/n_\\text{in})`          :math:`\\sqrt2`
-``gaussian``              :math:`\\mathcal N(0, g^2/n_\\text{in})`           1
-``xavier``                :math:`\\mathcal N(0, 2g^2/(n_\\text{in}+n_\\text{out}))`  1
-``orthogonal``            :math:`g\\,\\times` Haar (semi-)orthogonal          1
-``delta_orthogonal``      conv kernel zero but the centre tap, :math:`g\\,\\times` Haar  1
-========================  =================================================  =============
+- ``he`` (also ``kaiming``): :math:`\\mathcal N(0, g^2/n_\\text{in})`, default :math:`g=\\sqrt2`;
+- ``gaussian``: :math:`\\mathcal N(0, g^2/n_\\text{in})`, default 1;
+- ``xavier``: :math:`\\mathcal N(0, 2g^2/(n_\\text{in}+n_\\text{out}))`, default 1;
+- ``orthogonal``: :math:`g\\,\\times` a Haar (semi-)orthogonal matrix, default 1;
+- ``delta_orthogonal``: a conv kernel that is zero but for the centre tap, :math:`g\\,\\times`
+  Haar, default 1.
 
 For a square layer the block scale is :math:`s = n\\Var(W_{ij}) = g^2` in every case
 (:func:`gnelib.theory.relu.relu_block_scale`), and the gain that makes
