@@ -184,3 +184,26 @@ def test_shifted_chain_gains_and_share_draws():
     assert np.all(z["increment"][:, 1:] == 0)
     d = relu_share_draws(3, 1000, generator=torch.Generator().manual_seed(3))
     assert d["xbar2"].shape == (1000,) and np.all(d["xbar2"] <= d["x2"] + 1e-15)
+
+
+def test_shift_gain_exact_and_asymptotic_forms_agree():
+    """He's fixed point is exact at every width (c = 0 gives gain 1), and the exact law tends
+    to the asymptotic 1 + c^2/2pi as n grows (its 1/n term vanishes)."""
+    for n in (4, 16, 128):
+        assert abs(shift_gain(0.0, n) - 1.0) < 1e-14
+    for c in (1.0, 3.0):
+        big = shift_gain(c, 10**9)
+        assert abs(big - shift_gain(c)) < 1e-8
+        assert abs(shift_gain(c) - 1 - c**2 / (2 * math.pi)) < 1e-14
+
+
+def test_mean_path_share_small_n_monte_carlo():
+    """Lemma pws-relu-moments at n = 2 and 4, where the 1/n term is large (4 standard errors)."""
+    from gnelib.book.checks import ratio_se
+    from gnelib.probes.variance import relu_share_draws
+    for n in (2, 4):
+        d = relu_share_draws(n, 400_000, generator=torch.Generator().manual_seed(n))
+        a, b, N = d["xbar2"], d["x2"], 400_000
+        se = ratio_se(a.mean(), a.std(ddof=1) / math.sqrt(N), b.mean(), b.std(ddof=1) / math.sqrt(N),
+                      np.cov(a, b)[0, 1] / N)
+        assert abs(a.mean() / b.mean() - mean_path_share(n)) < 4 * se

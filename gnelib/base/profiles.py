@@ -42,7 +42,7 @@ SIZES: dict[str, dict[str, dict]] = {
                       chain_samples=256, share_ns=(2, 4, 8), share_draws=200000,
                       grad_fan_in=576, grad_filters=4096, grad_samples=256,
                       pws_chain_width=128, pws_chain_depth=10, pws_chain_samples=512,
-                      pws_chain_seeds=4, gain_widths=(16, 64), gain_seeds=5, gain_batch=256, stab_seeds=2,
+                      pws_chain_seeds=4, gain_widths=(16, 64), gain_seeds=5, gain_batch=256, stab_seeds=3,
                       trace_lr=0.45, trace_seeds=4, bs_seeds=2, bs_batches=(2, 8, 32, 128),
                       conv_seeds=2, speed_batch=16, speed_size=16, speed_width=32,
                       speed_depth=4),

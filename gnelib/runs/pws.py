@@ -165,9 +165,9 @@ def _summary_stability(result: dict) -> dict:
             "diverged": sum(d is not None for d in result["diverged_step"])}
 
 
-_STABILITY_PROFILES = {"smoke": dict(steps=100),
+_STABILITY_PROFILES = {"smoke": dict(steps=40, lrs=(0.01, 0.04, 0.16, 0.64)),
                        "book": dict(steps=300),
-                       "full": dict(steps=1000, width=128, batch=128)}
+                       "full": dict(steps=1000, lrs=LR_GRID_FINE, width=128, batch=128)}
 
 
 @register("pws_stability", StabilityConfig, profiles=_STABILITY_PROFILES,
