@@ -77,6 +77,56 @@ def test_replicas_train_independently():
         np.testing.assert_allclose(a, b, rtol=1e-9, equal_nan=True)
 
 
+def test_seed_ensemble_trains_every_replica_as_a_run_of_its_own():
+    """Seeds joined by KernelMLP.concat, each with its own mini-batches, and replicas dropped as
+    they diverge: every replica's losses and divergence step are those of a run alone."""
+    data = teacher_data(256, 64, dim=10, classes=4, generator=_gen(5))
+    data.x_train = data.x_train.double()
+    lrs, seeds = (0.01, 0.3, 3.0), (11, 12)
+    models = [KernelMLP(10, 8, 5, 4, arm="centre", generator=_gen(s), replicas=3).double() for s in seeds]
+    gens = [_gen(100 + s) for s in seeds]
+    h = xp.train_replicas(KernelMLP.concat(models), data, 30, 16, lrs * 2, generator=gens)
+    assert any(d is not None for d in h["diverged_step"]) and any(d is None for d in h["diverged_step"])
+    for j, s in enumerate(seeds):
+        for i, lr in enumerate(lrs):
+            one = KernelMLP(10, 8, 5, 4, arm="centre", generator=_gen(s)).double()
+            h1 = xp.train_replicas(one, data, 30, 16, (lr,), generator=_gen(100 + s))
+            r = 3 * j + i
+            assert h1["diverged_step"][0] == h["diverged_step"][r]
+            a = np.array([row[r] for row in h["loss"]])[:len(h1["loss"])]
+            np.testing.assert_allclose(a, [row[0] for row in h1["loss"]], rtol=1e-10, equal_nan=True)
+
+
+def test_stability_record_holds_each_seed_as_a_run_of_its_own():
+    cfg = registry.make_config("pws_stability", "smoke", dict(
+        arm="pws", steps=25, depth=4, width=8, seeds=3, seed=1, lrs=(0.05, 0.8, 20.0)))
+    r = xp.pws_stability(cfg)
+    data = xp._teacher(cfg)
+    assert r["seeds"] == xp.block_seeds(1, 3) == [3, 4, 5]
+    for j, s in enumerate(r["seeds"]):
+        for i, lr in enumerate(cfg.lrs):
+            g = _gen(s)
+            m = KernelMLP(cfg.in_dim, 8, 4, cfg.classes, arm="pws", eps=cfg.eps, head_std=0.01, generator=g)
+            h = xp.train_replicas(m, data, 25, cfg.batch, (lr,), cfg.momentum, generator=g)
+            assert h["diverged_step"][0] == r["diverged_step"][j][i]
+            np.testing.assert_allclose(h["loss"][0][0], r["first_loss"][j][i], rtol=1e-5)
+        assert r["largest_stable_lr"][j] == xp.largest_stable_lr(cfg.lrs, r["diverged_step"][j])
+
+
+def test_ws_kernel_of_the_mlp_is_pws_kernel():
+    from gnelib.nn.convs import pws_kernel
+
+    m = KernelMLP(6, 5, 3, 3, arm="pws", eps=1e-3, generator=_gen(4)).double()
+    with torch.no_grad():
+        m.alpha.uniform_(0.5, 2.0, generator=_gen(5))
+        m.vs.add_(0.3)
+    ks = m.kernels()
+    raws = [m.v0[0]] + list(m.vs[0])
+    for l, (k, v) in enumerate(zip(ks, raws)):
+        torch.testing.assert_close(k[0], pws_kernel(v, m.alpha[0, l], 1e-3, v.shape[1]),
+                                   rtol=1e-12, atol=1e-14)
+
+
 @pytest.mark.parametrize("arm", ["centre", "ws", "pws"])
 def test_shift_path_is_zero_by_construction(arm):
     m = KernelMLP(10, 16, 4, 3, arm=arm, generator=_gen(8)).double()
@@ -138,12 +188,12 @@ def test_largest_stable_lr():
 
 def test_stability_reads_back_from_the_store(tmp_path):
     cfg = registry.make_config("pws_stability", "smoke",
-                               dict(arm="pws", steps=5, depth=3, lrs=(0.01, 50.0), seed=3))
+                               dict(arm="pws", steps=5, depth=3, lrs=(0.01, 50.0), seed=3, seeds=2))
     store = Store(tmp_path)
     rec, cached = store.run("pws_stability", cfg)
     r = rec["result"]
-    assert not cached and r["diverged_step"][0] is None and r["diverged_step"][1] is not None
-    assert r["largest_stable_lr"] == 0.01
+    assert not cached and r["diverged_step"][0][0] is None and r["diverged_step"][0][1] is not None
+    assert r["largest_stable_lr"] == [0.01, 0.01]
     rec2, cached2 = store.run("pws_stability", cfg)
     assert cached2 and rec2 == rec
 

@@ -6,7 +6,9 @@ and weight normalisation (WN).
 The kernel maps are those of :mod:`gnelib.nn.convs` (:func:`~gnelib.nn.convs.pws_kernel`,
 :func:`~gnelib.nn.convs.centred_kernel`, WN's :math:`g\\,V/\\|V\\|`), applied to all hidden layers
 at once (the raw weights of the hidden layers are stacked in one tensor), which keeps the
-per-step cost of a deep narrow network low. The network equals
+per-step cost of a deep narrow network low; the standardisation of ``ws``/``pws`` is computed
+with torch's fused ``layer_norm`` over the fan-in (the same map: biased variance, epsilon
+inside the square root; tested equal to :func:`~gnelib.nn.convs.pws_kernel`). The network equals
 :class:`~gnelib.nn.normnets.NormMLP` with the same raw weights (tested), but it exposes the
 initial gain of every arm:
 
@@ -27,11 +29,14 @@ from __future__ import annotations
 
 import math
 
+import copy
+
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from gnelib.base.errors import check_choice, check_positive, check_positive_int
-from gnelib.nn.convs import centred_kernel, pws_kernel
+from gnelib.nn.convs import centred_kernel
 
 __all__ = ["ARMS", "GAIN_FAMILIES", "arm_gain", "KernelMLP"]
 
@@ -66,9 +71,10 @@ class KernelMLP(nn.Module):
 
     ``replicas`` independent copies are held in one module (a leading dimension R on every
     parameter), all starting from the *same* weights; a batch ``(B, in_dim)`` is fed to every
-    copy and the output is ``(R, B, out_dim)`` (``(B, out_dim)`` when ``replicas == 1``). This
-    is how one seed is trained at several learning rates at once (paired: same initial
-    weights, same mini-batches). ``gain`` overrides the initial gain parameter of
+    copy (or a batch ``(R, B, in_dim)``, one slice per copy) and the output is
+    ``(R, B, out_dim)`` (``(B, out_dim)`` when ``replicas == 1``). This is how one seed is
+    trained at several learning rates at once (paired: same initial weights, same
+    mini-batches); :meth:`concat` joins the replicas of several seeds into one model. ``gain`` overrides the initial gain parameter of
     :func:`arm_gain`; ``eps`` is the absolute epsilon of the ``ws``/``pws`` kernel. Raw
     weights are He-initialised (:math:`\\mathcal N(0, 2/\\text{fan-in})`) from ``generator``.
     """
@@ -88,6 +94,7 @@ class KernelMLP(nn.Module):
         a = arm_gain(arm, gains) if gain is None else check_positive("gain", gain)
         self.arm, self.gains, self.gain, self.eps = arm, gains, float(a), float(eps)
         self.in_dim, self.width, self.depth, self.replicas = in_dim, width, depth, replicas
+        self._single = replicas == 1
         g, R = generator, replicas
 
         def he(*shape):
@@ -123,8 +130,9 @@ class KernelMLP(nn.Module):
             k = flat
         elif self.arm == "centre":
             k = centred_kernel(flat)
-        elif self.arm in ("ws", "pws"):
-            k = pws_kernel(flat, self._take(self.alpha, index)[:, layers].reshape(-1), self.eps, n)
+        elif self.arm in ("ws", "pws"):  # pws_kernel, fused: sqrt(2/n) alpha (V - m)/sqrt(v + eps)
+            scale = math.sqrt(2.0 / n) * self._take(self.alpha, index)[:, layers].reshape(-1, 1)
+            k = F.layer_norm(flat, (n,), eps=self.eps) * scale
         else:  # wn
             k = self._take(self.g, index)[:, layers].reshape(-1, 1) * flat / flat.norm(dim=1, keepdim=True)
         return k.reshape(v.shape)
@@ -141,11 +149,18 @@ class KernelMLP(nn.Module):
             out += list(self._map(self._take(self.vs, index), slice(1, self.depth), index).unbind(1))
         return out
 
+    def _inputs(self, x: torch.Tensor, r: int) -> torch.Tensor:
+        """The first layer's input with the replica dimension: ``(B, ...)`` is fed to every
+        replica, ``(R, B, in_dim)`` gives every replica its own batch."""
+        if x.dim() == 3 and x.shape[0] == r and x.shape[-1] == self.in_dim:
+            return x
+        return x.flatten(1).unsqueeze(0).expand(r, -1, -1)
+
     def trace(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
         """``(inputs, pre_activations, logits)``, each with the leading replica dimension:
         the input ``(R, B, fan-in)`` of every layer, its output before the ReLU
         ``(R, B, width)``, and the read-out ``(R, B, out_dim)``."""
-        h = x.flatten(1).unsqueeze(0).expand(self.replicas, -1, -1)
+        h = self._inputs(x, self.replicas)
         inputs, pre = [], []
         for l, k in enumerate(self.kernels()):
             inputs.append(h)
@@ -155,17 +170,58 @@ class KernelMLP(nn.Module):
         out = torch.baddbmm(self.head_bias.unsqueeze(1), h, self.head_weight.transpose(1, 2))
         return inputs, pre, out
 
-    def forward(self, x: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits ``(R, B, out_dim)`` (``(B, out_dim)`` for one replica); with ``index`` (a
-        long tensor of replica numbers) only those replicas are computed."""
+    def logits(self, x: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits ``(R, B, out_dim)`` of every replica (of those in ``index``, a long tensor of
+        replica numbers, if given) for a batch ``(B, in_dim)`` fed to all of them or a batch
+        ``(R, B, in_dim)`` with one slice per replica."""
         r = self.replicas if index is None else len(index)
         bias = self._take(self.bias, index)
-        h = x.flatten(1).unsqueeze(0).expand(r, -1, -1)
+        h = self._inputs(x, r)
         for l, k in enumerate(self.kernels(index)):
             h = torch.relu(torch.baddbmm(bias[:, l].unsqueeze(1), h, k.transpose(1, 2)))
-        out = torch.baddbmm(self._take(self.head_bias, index).unsqueeze(1), h,
-                            self._take(self.head_weight, index).transpose(1, 2))
-        return out[0] if self.replicas == 1 and index is None else out
+        return torch.baddbmm(self._take(self.head_bias, index).unsqueeze(1), h,
+                             self._take(self.head_weight, index).transpose(1, 2))
+
+    def forward(self, x: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits ``(R, B, out_dim)`` (``(B, out_dim)`` for a model built with one replica);
+        see :meth:`logits`."""
+        out = self.logits(x, index)
+        return out[0] if self._single and index is None else out
+
+    @torch.no_grad()
+    def keep(self, index: torch.Tensor) -> None:
+        """Keep only the replicas in ``index`` (a long tensor), in that order: every parameter
+        and buffer is replaced by its cut-down copy (new parameter objects: an optimiser must
+        fetch them again)."""
+        for name, p in list(self.named_parameters()):
+            setattr(self, name, nn.Parameter(p.detach().index_select(0, index),
+                                             requires_grad=p.requires_grad))
+        for name, b in list(self.named_buffers()):
+            setattr(self, name, b.index_select(0, index))
+        self.replicas = len(index)
+
+    @classmethod
+    def concat(cls, models: list["KernelMLP"]) -> "KernelMLP":
+        """One model holding the replicas of ``models`` (same architecture and arm) one after
+        the other: how several seeds, each with its own initial weights, are trained as one
+        batched ensemble."""
+        if not models:
+            raise ValueError("concat needs at least one model")
+        first = models[0]
+        for m in models[1:]:
+            if (m.arm, m.in_dim, m.width, m.depth, m.eps) != (first.arm, first.in_dim, first.width,
+                                                             first.depth, first.eps):
+                raise ValueError("concat needs models of the same architecture and arm")
+        out = copy.deepcopy(first)
+        with torch.no_grad():
+            for name, p in list(out.named_parameters()):
+                setattr(out, name, nn.Parameter(torch.cat([getattr(m, name).detach() for m in models]),
+                                                requires_grad=p.requires_grad))
+            for name, _ in list(out.named_buffers()):
+                setattr(out, name, torch.cat([getattr(m, name) for m in models]))
+        out.replicas = sum(m.replicas for m in models)
+        out._single = False
+        return out
 
     def extra_repr(self) -> str:
         return (f"in_dim={self.in_dim}, width={self.width}, depth={self.depth}, arm={self.arm}, "
