@@ -38,7 +38,7 @@ SIZES: dict[str, dict[str, dict]] = {
     },
     # Chapter 3: variance transmission and PWS (Liu et al.).
     "pws": {
-        "smoke": dict(chain_widths=(16, 128), chain_seeds=(1024, 24), chain_depth=8,
+        "smoke": dict(chain_widths=(16, 128), chain_seeds=(384, 24), chain_depth=8,
                       chain_samples=256, share_ns=(2, 4, 8), share_draws=200000,
                       grad_fan_in=576, grad_filters=4096, grad_samples=256,
                       pws_chain_width=128, pws_chain_depth=10, pws_chain_samples=512,
@@ -46,7 +46,7 @@ SIZES: dict[str, dict[str, dict]] = {
                       trace_lr=0.45, trace_seeds=4, bs_seeds=2, bs_batches=(2, 8, 32, 128),
                       conv_seeds=2, speed_batch=16, speed_size=16, speed_width=32,
                       speed_depth=4),
-        "book": dict(chain_widths=(16, 128), chain_seeds=(2048, 48), chain_depth=10,
+        "book": dict(chain_widths=(16, 128), chain_seeds=(768, 48), chain_depth=10,
                      chain_samples=256, share_ns=(2, 4, 8), share_draws=1000000,
                      grad_fan_in=576, grad_filters=4096, grad_samples=256,
                      pws_chain_width=256, pws_chain_depth=20, pws_chain_samples=2048,

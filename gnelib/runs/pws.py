@@ -368,7 +368,7 @@ class BatchSizeConfig(Config):
 
 
 _BS_PROFILES = {"smoke": dict(epochs=1.0, n_train=200, depth=3, width=16),
-                "book": dict(epochs=2.0, n_train=1000),
+                "book": dict(epochs=2.0, n_train=600),
                 "full": dict(dataset="cifar10", epochs=30.0, n_train=50000, depth=9, width=96,
                              kernel_size=3)}
 
@@ -423,7 +423,7 @@ class ConvNetConfig(Config):
 
 @register("pws_convnet", ConvNetConfig,
           profiles={"smoke": dict(epochs=1.0, depth=5, width=16, eval_every=10),
-                    "book": dict(epochs=6.0),
+                    "book": dict(epochs=4.0),
                     "full": dict(dataset="cifar10", epochs=30.0, depth=9, width=96,
                                  eval_every=400)})
 def pws_convnet(config: ConvNetConfig, device="cpu") -> dict:
