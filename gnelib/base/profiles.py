@@ -38,7 +38,7 @@ SIZES: dict[str, dict[str, dict]] = {
     },
     # Chapter 3: variance transmission and PWS (Liu et al.).
     "pws": {
-        "smoke": dict(chain_widths=(16, 128), chain_seeds=(384, 24), chain_depth=8,
+        "smoke": dict(chain_widths=(16, 128), chain_seeds=(1024, 24), chain_depth=8,
                       chain_samples=256, share_ns=(2, 4, 8), share_draws=200000,
                       grad_fan_in=576, grad_filters=4096, grad_samples=256,
                       pws_chain_width=128, pws_chain_depth=10, pws_chain_samples=512,
