@@ -719,7 +719,7 @@ def train_bn_activations(data, activations, gain_exponent: float, depth: int, wi
     ``max_steps > 0`` stops after that many SGD steps (dry runs). A run whose loss becomes
     non-finite stops learning (its learning rate is set to 0) and is flagged ``diverged``.
     Returns arrays with leading axes ``(arm, seed)``; arms in the order
-    ``[(act, 0), (act, k) for act in activations]``. Used in: bn, § Training."""
+    ``[(act, 0), (act, k) for act in activations]``. Used in: bn, § Training deep BN MLPs."""
     check_positive_int("depth", depth)
     check_positive_int("width", width)
     check_positive_int("epochs", epochs)
@@ -837,7 +837,7 @@ def bn_train_activations(config: BNTrainActivationsConfig, device="cpu", progres
     unshaped arms beside the shaped ones: :func:`train_bn_activations` on
     :func:`load_bn_training_data` (the first ``n_train`` training examples). Returns the data
     set used and the per-epoch records of :func:`train_bn_activations` (leading axes arm, seed).
-    Used in: bn, § Training."""
+    Used in: bn, § Training deep BN MLPs."""
     data, name = load_bn_training_data(config.train_data, torch.Generator().manual_seed(config.seed))
     if config.n_train:
         data = data.subset(config.n_train)
