@@ -826,7 +826,7 @@ class BNTrainActivationsConfig(Config):
 
 @register("bn_train_activations", BNTrainActivationsConfig,
           profiles={"smoke": dict(),
-                    "book": dict(depth=24, width=32, epochs=6, n_train=2000, seeds=8),
+                    "book": dict(depth=24, width=32, epochs=6, n_train=2000, seeds=12),
                     "full": dict(train_data="cifar10", depth=1000, width=100, epochs=1000,
                                  n_train=0, lr=0.001, seeds=3)},
           summary=lambda r: {"data": r["data"], "final_test_acc": [float(np.nanmean(a[:, -1]))
