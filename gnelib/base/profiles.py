@@ -24,17 +24,26 @@ PROFILES = ("smoke", "book", "full")
 DEFAULT_PROFILE_ENV = "GNE_PROFILE"
 
 SIZES: dict[str, dict[str, dict]] = {
+    # Chapter 1: a first look (the probe's error model, computed inline).
+    "first_look": {
+        "smoke": dict(se_width=96, se_batch=4, se_probes=16, se_reps=128),
+        "book": dict(se_width=256, se_batch=8, se_probes=32, se_reps=256),
+        "full": dict(se_width=512, se_batch=8, se_probes=64, se_reps=512),
+    },
     # Chapter 2: block dynamical isometry (Chen et al.).
     "bdi": {  # inline sizes only; the registered runs' sizes live in gnelib/runs/bdi.py
         "smoke": dict(wishart_n=8, wishart_draws=2000, add_width=32, add_draws=400,
                       conv_channels=(8, 16), conv_grid=8, conv_draws=100, sws_channels=8,
-                      probes=16, timing_scale=16, timing_repeats=2),
+                      probes=16, timing_scale=16, timing_repeats=2, component_n=8, component_mats=64,
+                      component_draws=64),
         "book": dict(wishart_n=8, wishart_draws=4000, add_width=64, add_draws=800,
                      conv_channels=(8, 32), conv_grid=8, conv_draws=200, sws_channels=16,
-                     probes=64, timing_scale=4, timing_repeats=5),
+                     probes=64, timing_scale=4, timing_repeats=5, component_n=8, component_mats=64,
+                     component_draws=256),
         "full": dict(wishart_n=8, wishart_draws=20000, add_width=128, add_draws=2000,
                      conv_channels=(16, 64), conv_grid=8, conv_draws=400, sws_channels=32,
-                     probes=64, timing_scale=1, timing_repeats=20),
+                     probes=64, timing_scale=1, timing_repeats=20, component_n=8, component_mats=64,
+                     component_draws=1024),
     },
     # Chapter 3: variance transmission and PWS (Liu et al.).
     "pws": {
@@ -70,7 +79,7 @@ SIZES: dict[str, dict[str, dict]] = {
             thm3_widths=[8, 32], thm3_draws=1000, local_widths=[16, 32], local_seeds=24,
             local_depth=100, local_window=[20, 100], onestep_widths=[16], onestep_draws=4000,
             chain_width=32, chain_depth=100, slope_from=20, gauss_windows=[[5, 20], [50, 100]],
-            yang_window=[20, 100], rate_window=[10, 90], e2_layer=10,
+            yang_window=[20, 120], rate_window=[10, 90], e2_layer=10,
             d1_batches=[16, 32, 40, 64, 128], d1_draws=20, g5_width=16, g5_depths=[5, 20, 50, 100],
             g5_seeds=8),
         "book": dict(
@@ -78,7 +87,7 @@ SIZES: dict[str, dict[str, dict]] = {
             thm3_widths=[8, 32], thm3_draws=4000, local_widths=[16, 32, 64], local_seeds=60,
             local_depth=150, local_window=[20, 150], onestep_widths=[16, 32],
             onestep_draws=10000, chain_width=100, chain_depth=400, slope_from=200,
-            gauss_windows=[[5, 50], [50, 200], [200, 500]], yang_window=[20, 180],
+            gauss_windows=[[5, 50], [50, 200], [200, 500]], yang_window=[20, 140],
             rate_window=[20, 180], e2_layer=10, d1_batches=[16, 32, 40, 64, 128, 256, 512],
             d1_draws=100, g5_width=32, g5_depths=[5, 20, 50, 100, 200, 500], g5_seeds=8),
         "full": dict(
