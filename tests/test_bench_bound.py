@@ -81,3 +81,37 @@ def test_page_shows_full_then_book_records_and_smoke_only_at_smoke(tmp_path, mon
     write("full")
     recs, _ = report.load_or_run("book", names=["depth"])
     assert report.record_profile(recs["depth"]) == "full"
+
+
+def test_bound_kernel_moves_six_reads_and_two_writes():
+    import torch
+    for fresh in (False, True):
+        run = bench_smn.bound_kernel((2, 3, 4, 4), "cpu", fresh=fresh)
+        out = run()
+        dot = out[0] if fresh else out
+        assert dot.ndim == 0 and torch.isfinite(dot)
+        if fresh:  # two new outputs of the input's shape, as a layer's y and dx
+            assert out[1].shape == out[2].shape == (2, 3, 4, 4)
+            assert out[1].data_ptr() != out[2].data_ptr()
+
+
+def test_bound_is_the_timed_kernel_when_the_record_has_it():
+    times = {k: {"median": 0.2} for k in ("SMN compiled", "BN compiled",
+                                          "BN compiled, two-pass", "BatchNorm2d")}
+    times[bench_smn.BOUND] = {"median": 0.05}
+    cases = [{"label": "a", "params": {"shape": [2, 4, 8, 8], "beyond_cache": True},
+              "times": times, "extra": {}}]
+    rec = {"cases": cases, "bandwidth": {"bandwidth": 1e9}}
+    bench_smn.add_bound(rec, rec["bandwidth"])
+    x = cases[0]["extra"]
+    assert x["bound_s"] == 0.05
+    assert x["bound_stream_s"] == pytest.approx(x["bytes_min"] / 1e9)
+    assert x["of_bound"]["SMN compiled"] == pytest.approx(4.0)
+    assert x["bound_kernel_bandwidth"] == pytest.approx(x["bytes_min"] / 0.05)
+
+
+def test_first_touch_cost_and_allocator_setting_are_reported():
+    t = harness.first_touch_cost(2**16, repeats=2)
+    assert t["fresh_s"] > 0 and t["reused_s"] > 0 and t["ratio"] == t["fresh_s"] / t["reused_s"]
+    r = harness.reuse_freed_memory()
+    assert set(r) == {"applied", "how"} and harness.reuse_freed_memory() is r
