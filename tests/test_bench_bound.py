@@ -115,3 +115,21 @@ def test_first_touch_cost_and_allocator_setting_are_reported():
     assert t["fresh_s"] > 0 and t["reused_s"] > 0 and t["ratio"] == t["fresh_s"] / t["reused_s"]
     r = harness.reuse_freed_memory()
     assert set(r) == {"applied", "how"} and harness.reuse_freed_memory() is r
+
+
+def test_a_contender_timed_at_some_cases_only_is_listed_and_tabulated(tmp_path):
+
+    def build(extra):
+        def fns():
+            d = {"ref": lambda: None}
+            if extra:
+                d["only here"] = lambda: None
+            return d
+        return fns
+    cases = [harness.Case(label=str(i), size=float(i + 1), build=build(i == 1))
+             for i in range(2)]
+    rec = harness.run_suite("t", "t", cases, "ref", settings=harness.SMOKE, out=False,
+                            progress=False)
+    assert rec["contenders"] == ["ref", "only here"]
+    table = harness.format_table(rec)
+    assert "only here" in table and table.count("\n") >= 3

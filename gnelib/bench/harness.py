@@ -339,7 +339,9 @@ def run_suite(name: str, title: str, cases: list[Case], reference: str, *,
         if progress:
             cells = "  ".join(f"{n}={t['median'] * 1e3:.3g} ms" for n, t in times.items())
             print(f"  [{name}] {case.label}: {cells}", flush=True)
-    contenders = list(rows[0]["times"]) if rows else []
+    contenders = []  # in order of first appearance: a contender may time some cases only
+    for row in rows:
+        contenders += [c for c in row["times"] if c not in contenders]
     record = {
         "schema": SCHEMA, "name": name, "title": title, "what": what, "reference": reference,
         "size_name": size_name, "smoke": settings.smoke, "profile": settings.profile,
@@ -374,8 +376,9 @@ def format_table(record: dict, fmt: str = "github", compact: bool = False,
     body = []
     for row in record["cases"]:
         t = row["times"]
-        body.append([row["label"]] + [f"{t[c]['median'] * 1e3:.4g}" for c in timed] +
-                    [f"{t[c]['ratio']:.3f}" for c in cons if c != ref])
+        body.append([row["label"]] + [f"{t[c]['median'] * 1e3:.4g}" if c in t else ""
+                                      for c in timed] +
+                    [f"{t[c]['ratio']:.3f}" if c in t else "" for c in cons if c != ref])
     body.append(["median ratio"] + [""] * len(timed) +
                 [f"{record['median_ratio'][c]:.3f}" for c in cons if c != ref])
     lines = [tabulate(body, head, tablefmt=fmt, disable_numparse=True)]

@@ -113,16 +113,19 @@ def plot_suite(rec: dict, axes, colors=None, goal_line: float | None = None):
     per_layer = rec["name"] == "depth"
     for i, con in enumerate(rec["contenders"]):
         color = None if colors is None else colors[i % len(colors)]
-        stats = [c["times"][con] for c in rec["cases"]]
+        cases = [i for i, c in enumerate(rec["cases"]) if con in c["times"]]
+        if not cases:
+            continue
+        stats = [rec["cases"][i]["times"][con] for i in cases]
+        xs = [sizes[i] for i in cases]
         t = [s["median"] * 1e3 for s in stats]
         err = [[max(0.0, s["median"] - s.get("q1", s["median"])) * 1e3 for s in stats],
                [max(0.0, s.get("q3", s["median"]) - s["median"]) * 1e3 for s in stats]]
-        ax_t.errorbar(sizes, t, yerr=err, marker="o", label=con, color=color, capsize=2)
+        ax_t.errorbar(xs, t, yerr=err, marker="o", label=con, color=color, capsize=2)
         if per_layer:
-            ax_r.plot(sizes, [tt / s for tt, s in zip(t, sizes)], marker="o", color=color)
+            ax_r.plot(xs, [tt / s for tt, s in zip(t, xs)], marker="o", color=color)
         elif con != ref:
-            ax_r.plot(sizes, [c["times"][con]["ratio"] for c in rec["cases"]], marker="o",
-                      color=color, label=con)
+            ax_r.plot(xs, [s["ratio"] for s in stats], marker="o", color=color, label=con)
     ax_t.set_yscale("log")
     ax_t.set_ylabel("median time per call (ms)")
     if per_layer:
