@@ -24,17 +24,26 @@ PROFILES = ("smoke", "book", "full")
 DEFAULT_PROFILE_ENV = "GNE_PROFILE"
 
 SIZES: dict[str, dict[str, dict]] = {
+    # Chapter 1: a first look (the probe's error model, computed inline).
+    "first_look": {
+        "smoke": dict(se_width=96, se_batch=4, se_probes=16, se_reps=128),
+        "book": dict(se_width=256, se_batch=8, se_probes=32, se_reps=256),
+        "full": dict(se_width=512, se_batch=8, se_probes=64, se_reps=512),
+    },
     # Chapter 2: block dynamical isometry (Chen et al.).
     "bdi": {  # inline sizes only; the registered runs' sizes live in gnelib/runs/bdi.py
         "smoke": dict(wishart_n=8, wishart_draws=2000, add_width=32, add_draws=400,
                       conv_channels=(8, 16), conv_grid=8, conv_draws=100, sws_channels=8,
-                      probes=16, timing_scale=16, timing_repeats=2),
+                      probes=16, timing_scale=16, timing_repeats=2, component_n=8, component_mats=64,
+                      component_draws=64),
         "book": dict(wishart_n=8, wishart_draws=4000, add_width=64, add_draws=800,
                      conv_channels=(8, 32), conv_grid=8, conv_draws=200, sws_channels=16,
-                     probes=64, timing_scale=4, timing_repeats=5),
+                     probes=64, timing_scale=4, timing_repeats=5, component_n=8, component_mats=64,
+                     component_draws=256),
         "full": dict(wishart_n=8, wishart_draws=20000, add_width=128, add_draws=2000,
                      conv_channels=(16, 64), conv_grid=8, conv_draws=400, sws_channels=32,
-                     probes=64, timing_scale=1, timing_repeats=20),
+                     probes=64, timing_scale=1, timing_repeats=20, component_n=8, component_mats=64,
+                     component_draws=1024),
     },
     # Chapter 3: variance transmission and PWS (Liu et al.).
     "pws": {

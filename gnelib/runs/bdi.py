@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from gnelib.base.errors import check_choice, check_positive_int
+from gnelib.nn.convnets import CONV_ACTIVATIONS
 from gnelib.nn.init import CONV_INITS, haar_orthogonal_
 from gnelib.nn.norms import SecondMomentNorm
 from gnelib.probes.jacobian import jacobian_moments
@@ -409,35 +410,46 @@ def _serial_net(width, norm, init, activation, slope, selu_eps, gen, blocks=5, i
                      selu_eps=None if selu_eps < 0 else selu_eps, dims=dims, generator=gen)
 
 
-def _conv_checks(config):
-    from gnelib.nn.convnets import CONV_ACTIVATIONS
-    check_choice("activation", config.activation, CONV_ACTIVATIONS)
-    allowed = ("bn", "smn", "fixup") if config.arch == "resnet" else ("bn", "smn", "sws", "l1", "none")
-    check_choice(f"norm for arch {config.arch!r}", config.norm, allowed)
+_NORMS = ("bn", "smn", "sws", "l1", "none", "fixup")
 
 
 @dataclass(frozen=True)
-class SerialGradientsConfig(Config):
-    """``draws`` fresh :class:`~gnelib.nn.convnets.SerialNet` models at initialisation on
-    ``image``×``image`` Gaussian inputs (see :func:`init_gradient_norms`). ``slope`` is used
-    by the leaky activations only; ``selu_eps`` < 0 means the standard SeLU."""
+class ConvActivationFields(Config):
+    """Fields shared by every convolutional BDI experiment: the initialisation, the activation
+    (one of :data:`~gnelib.nn.convnets.CONV_ACTIVATIONS`) and the leaky slope."""
+
+    init: str = param("kaiming", choices=CONV_INITS)
+    activation: str = param("relu", choices=CONV_ACTIVATIONS)
+    slope: float = param(0.18, minimum=0.0)
+
+
+@dataclass(frozen=True)
+class ConvNetFields(ConvActivationFields):
+    """:class:`ConvActivationFields` plus the network: Chen et al.'s serial net
+    (``arch='serial'``, norm ∈ bn/smn/sws/l1/none) or the CIFAR ResNet-(6·blocks+2)
+    (``arch='resnet'``, norm ∈ bn/smn/fixup). ``selu_eps`` < 0 means the standard SeLU."""
 
     arch: str = param("serial", choices=("serial", "resnet"))
     blocks: int = param(5, positive=True)
     width: int = param(8, positive=True)
-    norm: str = param("none", choices=("bn", "smn", "sws", "l1", "none", "fixup"))
-    init: str = param("kaiming", choices=CONV_INITS)
-    activation: str = param("relu")
-    slope: float = param(0.18, minimum=0.0)
+    norm: str = param("none", choices=_NORMS)
     selu_eps: float = param(-1.0)
+
+    def __post_init__(self):
+        super().__post_init__()
+        allowed = ("bn", "smn", "fixup") if self.arch == "resnet" else ("bn", "smn", "sws", "l1", "none")
+        check_choice(f"norm for arch {self.arch!r}", self.norm, allowed)
+
+
+@dataclass(frozen=True)
+class SerialGradientsConfig(ConvNetFields):
+    """``draws`` fresh networks (:class:`ConvNetFields`) at initialisation on
+    ``image``×``image`` Gaussian inputs (see :func:`init_gradient_norms`)."""
+
     image: int = param(16, positive=True)
     batch: int = param(32, positive=True)
     draws: int = param(30, minimum=2)
     seed: int = param(0, minimum=0)
-
-    def __post_init__(self):
-        super().__post_init__()
-        _conv_checks(self)
 
 
 @register("bdi_serial_gradients", SerialGradientsConfig,
@@ -468,7 +480,7 @@ class ResNetGradientsConfig(SerialGradientsConfig):
 
     arch: str = param("resnet", choices=("serial", "resnet"))
     blocks: int = param(3, positive=True)
-    norm: str = param("bn", choices=("bn", "smn", "sws", "l1", "none", "fixup"))
+    norm: str = param("bn", choices=_NORMS)
 
 
 @register("bdi_resnet_gradients", ResNetGradientsConfig,
@@ -482,23 +494,15 @@ def bdi_resnet_gradients(config: ResNetGradientsConfig) -> dict:
 
 
 @dataclass(frozen=True)
-class ConvBlockMomentsConfig(Config):
+class ConvBlockMomentsConfig(ConvActivationFields):
     """Per-block Jacobian moments of un-normalised serial nets at each width of ``widths``."""
 
     widths: tuple[int, ...] = param((8, 16, 32), positive=True)
-    init: str = param("kaiming", choices=CONV_INITS)
-    activation: str = param("relu")
-    slope: float = param(0.18, minimum=0.0)
     image: int = param(16, positive=True)
     batch: int = param(2, positive=True)
     probes: int = param(4, minimum=2)
     draws: int = param(6, minimum=2)
     seed: int = param(0, minimum=0)
-
-    def __post_init__(self):
-        super().__post_init__()
-        from gnelib.nn.convnets import CONV_ACTIVATIONS
-        check_choice("activation", self.activation, CONV_ACTIVATIONS)
 
 
 @register("bdi_conv_block_moments", ConvBlockMomentsConfig,
@@ -527,22 +531,13 @@ def bdi_conv_block_moments(config: ConvBlockMomentsConfig) -> dict:
 
 
 @dataclass(frozen=True)
-class TrainConfig(Config):
-    """SGD training of the serial net (``arch='serial'``, norm ∈ bn/smn/sws/l1/none) or the
-    CIFAR ResNet-(6·blocks+2) (``arch='resnet'``, norm ∈ bn/smn/fixup) on MNIST-1D with 1-d
+class TrainConfig(ConvNetFields):
+    """SGD training of a network (:class:`ConvNetFields`) on MNIST-1D with 1-d
     convolutions (or CIFAR-10 with ``dataset='cifar10'``), momentum 0.9, weight decay 5e-4.
     Per-layer squared weight-gradient norms of the training batch are recorded every
     ``grad_every`` steps."""
 
-    arch: str = param("serial", choices=("serial", "resnet"))
     dataset: str = param("mnist1d", choices=("mnist1d", "cifar10"))
-    blocks: int = param(5, positive=True)
-    width: int = param(8, positive=True)
-    norm: str = param("none", choices=("bn", "smn", "sws", "l1", "none", "fixup"))
-    init: str = param("kaiming", choices=CONV_INITS)
-    activation: str = param("relu")
-    slope: float = param(0.18, minimum=0.0)
-    selu_eps: float = param(-1.0)
     steps: int = param(300, positive=True)
     lr: float = param(0.02, positive=True)
     batch_size: int = param(64, positive=True)
@@ -551,12 +546,6 @@ class TrainConfig(Config):
     grad_every: int = param(10, positive=True)
     seeds: int = param(3, positive=True)
     seed: int = param(0, minimum=0)
-
-    def __post_init__(self):
-        super().__post_init__()
-        from gnelib.nn.convnets import CONV_ACTIVATIONS
-        check_choice("activation", self.activation, CONV_ACTIVATIONS)
-        _conv_checks(self)
 
 
 _TRAIN_PROFILES = {
@@ -622,7 +611,7 @@ class ResNetTrainConfig(TrainConfig):
 
     arch: str = param("resnet", choices=("serial", "resnet"))
     blocks: int = param(3, positive=True)
-    norm: str = param("bn", choices=("bn", "smn", "sws", "l1", "none", "fixup"))
+    norm: str = param("bn", choices=_NORMS)
 
 
 @register("bdi_resnet_train", ResNetTrainConfig,

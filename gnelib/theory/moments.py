@@ -456,6 +456,8 @@ COMPONENTS = {
     "conv, i.i.d. k×k kernel": ("c_in k² σ²", "c_in k²(c_out k²+1)σ⁴",
                                 "c_in = c_out = 16, k = 3, σ² = 1/(9·16)", conv(16, 16, 3, 1 / 144)),
     "orthogonal, gain g": ("g²", "0", "g = 1", orthogonal(256, 256)),
+    "orthogonal m×n, m > n (tall)": ("g²n/m", "g⁴(n/m)(1 − n/m)", "m = 512, n = 256, g = 1",
+                                     orthogonal(512, 256)),
     "orthogonal conv kernel, K taps (large c)": ("g²", "g⁴(1 − 1/K)", "k = 3 (K = 9), g = 1",
                                                  orthogonal_conv(16, 3)),
     "delta-orthogonal conv, gain g": ("g²", "0", "g = 1", delta_orthogonal(16, 16)),
