@@ -52,7 +52,8 @@ class Moments:
     0 for exact values), ``n_in``/``n_out``, ``probes`` (products with :math:`JJ^\\top`; 0 for
     exact or closed-form values), ``method`` (``"closed form"``, ``"exact"``, ``"hutchinson"``,
     ``"hutch++"``, ``"forward"``: then ``probes`` counts passes) and ``sketch`` (products in
-    the Hutch++ sketch). Cauchy–Schwarz (``phi2 >= phi1**2``) is enforced for exact values only: an estimate may fall below it.
+    the Hutch++ sketch). Cauchy–Schwarz (``phi2 >= phi1**2``) is enforced for exact values
+    only: an estimate may fall below it.
     """
 
     phi1: float
