@@ -133,3 +133,26 @@ def test_a_contender_timed_at_some_cases_only_is_listed_and_tabulated(tmp_path):
     assert rec["contenders"] == ["ref", "only here"]
     table = harness.format_table(rec)
     assert "only here" in table and table.count("\n") >= 3
+
+
+def test_missing_runs_only_suites_without_a_full_or_book_record(tmp_path, monkeypatch, capsys):
+    from gnelib.bench import SUITES
+    from gnelib.bench.__main__ import main
+    monkeypatch.setenv("GNE_DATA_DIR", str(tmp_path))
+    ran = []
+    monkeypatch.setattr("gnelib.bench.__main__.runner",
+                        lambda name: (lambda settings, device: ran.append(name) or
+                                      {"title": name, "what": "", "notes": [], "path": "-",
+                                       "reference": "r", "contenders": [], "cases": [],
+                                       "median_ratio": {}, "size_name": "s", "goals": []}))
+    for name in SUITES:
+        if name != "depth":
+            path = harness.result_path(name, False, "book" if name != "smn" else "full")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"name": name}))
+    assert main(["--all", "--book", "--missing"]) == 0
+    assert ran == ["depth"]
+    harness.result_path("depth", False, "book").write_text("{}")
+    ran.clear()
+    assert main(["--all", "--book", "--missing"]) == 0 and ran == []
+    assert "nothing to run" in capsys.readouterr().out
