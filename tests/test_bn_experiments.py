@@ -179,7 +179,9 @@ def test_full_profile_dry_run():
               "bn_rate_law": dict(depth=5, width=6, seeds=2),
               "bn_exponent_rate": dict(depths=(12,), width=6, seeds=2),
               "bn_yang_rates": dict(widths=(16, 24, 32), seeds=(2, 2, 2), depth=4),
-              "bn_train_depths": dict(depths=(2, 3), width=8, steps=2)}
+              "bn_train_depths": dict(depths=(2, 3), width=8, steps=2),
+              "bn_train_activations": dict(depth=3, width=8, epochs=1, n_train=64, seeds=2,
+                                           max_steps=2)}
     for name, small in shrink.items():
         full = registry.make_config(name, "full")
         keep = {k: v for k, v in dataclasses.asdict(full).items() if k not in small}

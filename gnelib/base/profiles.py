@@ -79,7 +79,7 @@ SIZES: dict[str, dict[str, dict]] = {
             thm3_widths=[8, 32], thm3_draws=1000, local_widths=[16, 32], local_seeds=24,
             local_depth=100, local_window=[20, 100], onestep_widths=[16], onestep_draws=4000,
             chain_width=32, chain_depth=100, slope_from=20, gauss_windows=[[5, 20], [50, 100]],
-            yang_window=[20, 100], rate_window=[10, 90], e2_layer=10,
+            yang_window=[20, 120], rate_window=[10, 90], e2_layer=10,
             d1_batches=[16, 32, 40, 64, 128], d1_draws=20, g5_width=16, g5_depths=[5, 20, 50, 100],
             g5_seeds=8),
         "book": dict(
@@ -87,7 +87,7 @@ SIZES: dict[str, dict[str, dict]] = {
             thm3_widths=[8, 32], thm3_draws=4000, local_widths=[16, 32, 64], local_seeds=60,
             local_depth=150, local_window=[20, 150], onestep_widths=[16, 32],
             onestep_draws=10000, chain_width=100, chain_depth=400, slope_from=200,
-            gauss_windows=[[5, 50], [50, 200], [200, 500]], yang_window=[20, 180],
+            gauss_windows=[[5, 50], [50, 200], [200, 500]], yang_window=[20, 140],
             rate_window=[20, 180], e2_layer=10, d1_batches=[16, 32, 40, 64, 128, 256, 512],
             d1_draws=100, g5_width=32, g5_depths=[5, 20, 50, 100, 200, 500], g5_seeds=8),
         "full": dict(

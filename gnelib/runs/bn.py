@@ -28,7 +28,8 @@ __all__ = ["row_bn", "monotonicity_paths", "weingarten_mc_table", "theorem3_one_
            "bn_train_depths", "train_result_from_record", "haar_moment_draws", "MOMENT_PATTERNS",
            "BNConditionsConfig", "bn_conditions", "BNShapingConfig", "bn_shaping",
            "BNExponentRateConfig", "bn_exponent_rate", "BNYangConfig", "bn_yang_rates",
-           "extrapolate_inverse_width"]
+           "extrapolate_inverse_width", "train_bn_activations", "BNTrainActivationsConfig",
+           "bn_train_activations"]
 
 
 def row_bn(x: np.ndarray) -> np.ndarray:
@@ -535,10 +536,10 @@ class BNYangConfig(Config):
     """Per-layer log gradient norms of Gaussian BN MLPs in Yang et al.'s regime (width much
     larger than the batch), for the paper's BN and standard BN, at several widths."""
 
-    widths: tuple[int, ...] = param((128, 256), positive=True)
-    seeds: tuple[int, ...] = param((16, 16), minimum=2)
-    batch: int = param(16, minimum=4)
-    depth: int = param(200, positive=True)
+    widths: tuple[int, ...] = param((64, 128), positive=True)
+    seeds: tuple[int, ...] = param((32, 32), minimum=2)
+    batch: int = param(6, minimum=4)
+    depth: int = param(140, positive=True)
     seed: int = param(40, minimum=0)
 
     def __post_init__(self):
@@ -549,9 +550,9 @@ class BNYangConfig(Config):
 
 
 @register("bn_yang_rates", BNYangConfig,
-          profiles={"smoke": dict(widths=(128, 256), seeds=(8, 8), depth=120),
-                    "book": dict(widths=(128, 256), seeds=(32, 32), depth=200),
-                    "full": dict(widths=(256, 512, 1024), seeds=(64, 32, 16), depth=400)})
+          profiles={"smoke": dict(),
+                    "book": dict(widths=(64, 128, 256), seeds=(32, 32, 16), depth=160),
+                    "full": dict(widths=(128, 256, 512, 1024), seeds=(64, 64, 32, 16), depth=400)})
 def bn_yang_rates(config: BNYangConfig, device="cpu", progress: bool = False) -> dict:
     """Yang et al. (2019), Thm 3.9, tested in its regime: the per-layer profile
     :func:`~gnelib.probes.bn_chain.layer_gradient_profile` of ``depth``-layer Gaussian BN MLPs
@@ -586,7 +587,7 @@ class BNTrainDepthsConfig(Config):
 
 @register("bn_train_depths", BNTrainDepthsConfig,
           profiles={"smoke": dict(),
-                    "book": dict(depths=(10, 30, 100), steps=640),
+                    "book": dict(depths=(10, 50), steps=400),
                     "full": dict(train_data="cifar10", depths=(100, 500, 1000), width=100,
                                  steps=10000, lr=0.001)},
           summary=lambda r: {"data": r["data"],
@@ -630,3 +631,217 @@ def extrapolate_inverse_width(widths, rates, ses) -> tuple[float, float, float]:
     cov = np.linalg.inv(A.T @ A)
     beta = cov @ A.T @ (y / s)
     return float(beta[0]), float(math.sqrt(cov[0, 0])), float(beta[1])
+
+
+# --------------------------------------------------- training tanh / sin, shaped and unshaped
+
+class _StackedBNMLP:
+    """``R`` independent BN MLPs of one depth and width trained side by side, written with
+    batched matrix products so that one forward pass serves every run (arms and seeds): the
+    networks of :func:`~gnelib.nn.batchnorm.BNMLP` with ``norm="torch"``, ``bias=True``,
+    orthogonal initialisation: ``nn.BatchNorm1d`` in training mode (biased batch variance,
+    eps 1e-5, affine, running statistics with momentum 0.1 and the unbiased variance, as
+    torch keeps them), gains :math:`\\alpha_\\ell` per run and layer, and an activation per run
+    (tanh or sin). Parameters are float32 tensors with a leading run axis."""
+
+    def __init__(self, in_dim, width, depth, out_dim, acts, gains, generators, device):
+        from gnelib.probes.bn_chain import stack_weights
+        R = len(acts)
+        ws, heads = [], []
+        for g in generators:  # one generator per run: arms that share a seed share weights
+            w, h = stack_weights(1, in_dim, width, depth, out_dim, "orthogonal", g)
+            ws.append(w)
+            heads.append(h)
+        f32 = dict(dtype=torch.float32, device=device)
+        self.W = [torch.cat([w[i] for w in ws]).to(**f32).requires_grad_(True) for i in range(depth)]
+        self.b = [torch.zeros(R, 1, width, **f32, requires_grad=True) for _ in range(depth)]
+        self.gamma = [torch.ones(R, 1, width, **f32, requires_grad=True) for _ in range(depth)]
+        self.beta = [torch.zeros(R, 1, width, **f32, requires_grad=True) for _ in range(depth)]
+        self.H = torch.cat(heads).to(**f32).requires_grad_(True)
+        self.hb = torch.zeros(R, 1, out_dim, **f32, requires_grad=True)
+        self.rm = [torch.zeros(R, 1, width, **f32) for _ in range(depth)]
+        self.rv = [torch.ones(R, 1, width, **f32) for _ in range(depth)]
+        self.alpha = torch.as_tensor(np.asarray(gains, dtype=np.float32), device=device)  # (R, L)
+        self.is_tanh = torch.tensor([a == "tanh" for a in acts], device=device).view(R, 1, 1)
+        if any(a not in ("tanh", "sin") for a in acts):
+            raise ValueError(f"activations must be tanh or sin, got {sorted(set(acts))}")
+
+    def params(self):
+        return [*self.W, *self.b, *self.gamma, *self.beta, self.H, self.hb]
+
+    def forward(self, x, mode="batch", update=False):
+        """Logits ``(R, n, out)`` of ``x`` ``(R, n, in)``: BN on batch statistics
+        (``mode="batch"``, running statistics updated when ``update``) or on the running
+        statistics (``mode="running"``, as ``eval()``)."""
+        for ell, W in enumerate(self.W):
+            h = torch.baddbmm(self.b[ell], x, W.transpose(1, 2))
+            if mode == "batch":
+                mu = h.mean(1, keepdim=True)
+                var = h.var(1, unbiased=False, keepdim=True)
+                if update:
+                    n = h.shape[1]
+                    with torch.no_grad():
+                        self.rm[ell].mul_(0.9).add_(0.1 * mu)
+                        self.rv[ell].mul_(0.9).add_(0.1 * var * n / (n - 1))
+            else:
+                mu, var = self.rm[ell], self.rv[ell]
+            z = self.alpha[:, ell].view(-1, 1, 1) * ((h - mu) / torch.sqrt(var + 1e-5) * self.gamma[ell]
+                                                      + self.beta[ell])
+            x = torch.where(self.is_tanh, torch.tanh(z), torch.sin(z))
+        return torch.baddbmm(self.hb, x, self.H.transpose(1, 2))
+
+
+def _ce_per_run(logits, y):
+    R, n, C = logits.shape
+    return torch.nn.functional.cross_entropy(logits.reshape(R * n, C), y.reshape(R * n),
+                                             reduction="none").view(R, n).mean(1)
+
+
+def train_bn_activations(data, activations, gain_exponent: float, depth: int, width: int,
+                         epochs: int, lr: float, seeds: int, seed: int, max_steps: int = 0,
+                         device="cpu", threads: int | None = 1, progress: bool = False) -> dict:
+    """Train, side by side, BN MLPs (standard BN with biases, orthogonal init, batch = width,
+    plain SGD, as in Meterez et al. 2024, Section 5) for every activation of ``activations``,
+    unshaped (``k = 0``) and shaped (:math:`\\alpha_\\ell=\\ell^{-k}`, ``k = gain_exponent``),
+    ``seeds`` runs each. The four arms of one seed share their initial weights and the order
+    of their mini-batches (seed ``seed + s``), so they start on equal footing and see the same
+    examples. After every epoch (and at initialisation, epoch 0) it records, per run:
+
+    - ``train_acc``: the mean accuracy over the epoch's mini-batches (as seen in training);
+    - ``test_acc``: test accuracy with BN's running statistics (``eval()``, the paper's code);
+    - ``test_acc_batch``: test accuracy with batch statistics on batches of the training size;
+    - ``grad_norms``: :math:`\\|\\nabla_{W_\\ell}\\mathcal L\\|_F` for every hidden layer
+      ``ℓ = 0..L-1`` on one fixed batch (the first ``width`` training examples) with batch
+      statistics, running statistics untouched (the paper's ``get_measurements``, Fig. 6 /
+      F1–F2);
+    - ``weight_gaps``: :math:`\\phi(W_\\ell)` of every square layer ``ℓ = 1..L-1``.
+
+    ``max_steps > 0`` stops after that many SGD steps (dry runs). A run whose loss becomes
+    non-finite stops learning (its learning rate is set to 0) and is flagged ``diverged``.
+    Returns arrays with leading axes ``(arm, seed)``; arms in the order
+    ``[(act, 0), (act, k) for act in activations]``. Used in: bn, § Training deep BN MLPs."""
+    check_positive_int("depth", depth)
+    check_positive_int("width", width)
+    check_positive_int("epochs", epochs)
+    device = torch.device(device)
+    arms = [(a, k) for a in activations for k in (0.0, float(gain_exponent))]
+    A, S = len(arms), check_positive_int("seeds", seeds)
+    acts = [a for a, _ in arms for _ in range(S)]
+    from gnelib.nn.batchnorm import layer_gains
+    gains = [layer_gains(depth, k) for _, k in arms for _ in range(S)]
+    gens = [torch.Generator().manual_seed(seed + s) for _ in arms for s in range(S)]
+    in_dim = int(np.prod(data.input_shape))
+    xtr, ytr = data.x_train.flatten(1).float(), data.y_train
+    xte, yte = data.x_test.flatten(1).float(), data.y_test
+    n, N = width, len(xtr)
+    if N < n:
+        raise ValueError(f"the training set ({N}) is smaller than one batch ({n})")
+    steps_per_epoch = N // n
+    rec = {k: [] for k in ("train_acc", "test_acc", "test_acc_batch", "grad_norms", "weight_gaps")}
+    with torch_threads(threads if device.type == "cpu" else None):
+        net = _StackedBNMLP(in_dim, width, depth, data.num_classes, acts, gains, gens, device)
+        order_gens = [torch.Generator().manual_seed(10_000 + seed + s) for s in range(S)]
+        lr_run = torch.full((A * S, 1, 1), float(lr), device=device)
+        diverged = np.zeros(A * S, dtype=bool)
+        fixed_x = xtr[:n].to(device).expand(A * S, n, in_dim)
+        fixed_y = ytr[:n].to(device).expand(A * S, n)
+
+        def measure(train_acc):
+            with torch.enable_grad():
+                loss = _ce_per_run(net.forward(fixed_x, "batch"), fixed_y).sum()
+                gw = torch.autograd.grad(loss, net.W)
+            rec["grad_norms"].append(torch.stack([g.flatten(1).norm(dim=1) for g in gw], 1).double().cpu().numpy())
+            rec["weight_gaps"].append(isometry_gaps(torch.stack(net.W[1:], 1).detach().double().cpu())
+                                      if depth > 1 else np.zeros((A * S, 0)))
+            with torch.no_grad():
+                xt = xte.to(device).expand(A * S, *xte.shape)
+                pred = net.forward(xt, "running").argmax(-1).cpu()
+                rec["test_acc"].append((pred == yte).double().mean(1).numpy())
+                m = (len(xte) // n) * n
+                xb = xte[:m].to(device).view(m // n, n, in_dim)
+                correct = torch.zeros(A * S)
+                for j in range(m // n):
+                    p = net.forward(xb[j].expand(A * S, n, in_dim), "batch").argmax(-1).cpu()
+                    correct += (p == yte[j * n:(j + 1) * n]).double().sum(1)
+                rec["test_acc_batch"].append((correct / m).numpy())
+            rec["train_acc"].append(np.asarray(train_acc, dtype=float))
+
+        measure(np.full(A * S, np.nan))
+        done = 0
+        for epoch in range(epochs):
+            perms = [torch.randperm(N, generator=g) for g in order_gens]
+            hits = torch.zeros(A * S)
+            seen = 0
+            for i in range(steps_per_epoch):
+                idx = torch.stack([p[i * n:(i + 1) * n] for p in perms])  # (S, n)
+                idx = idx.repeat(A, 1)  # run r = arm * S + s uses seed s's order
+                xb, yb = xtr[idx].to(device), ytr[idx].to(device)
+                with torch.enable_grad():
+                    logits = net.forward(xb, "batch", update=True)
+                    losses = _ce_per_run(logits, yb)
+                    bad = ~torch.isfinite(losses.detach())
+                    if bad.any():
+                        diverged |= bad.cpu().numpy()
+                        lr_run[bad] = 0.0
+                    grads = torch.autograd.grad(torch.where(bad, 0.0, losses).sum(), net.params())
+                with torch.no_grad():
+                    for p, g in zip(net.params(), grads):
+                        p.sub_(lr_run.view(-1, *([1] * (p.dim() - 1))) * torch.nan_to_num(g))
+                hits += (logits.detach().argmax(-1).cpu() == yb.cpu()).double().sum(1)
+                seen += n
+                done += 1
+                if max_steps and done >= max_steps:
+                    break
+            measure((hits / seen).numpy())
+            if progress:
+                print(f"epoch {epoch + 1}/{epochs}: test acc " +
+                      ", ".join(f"{a}{'' if k == 0 else ' shaped'} {rec['test_acc'][-1][j * S:(j + 1) * S].mean():.3f}"
+                                for j, (a, k) in enumerate(arms)), flush=True)
+            if max_steps and done >= max_steps:
+                break
+    out = {k: np.stack(v, -1 if k in ("train_acc", "test_acc", "test_acc_batch") else 1) for k, v in rec.items()}
+    shape = lambda v: v.reshape(A, S, *v.shape[1:])  # noqa: E731
+    return dict(arms=[dict(activation=a, gain_exponent=k) for a, k in arms],
+                epochs=list(range(len(rec["test_acc"]))),
+                diverged=diverged.reshape(A, S), **{k: shape(v) for k, v in out.items()})
+
+
+@dataclass(frozen=True)
+class BNTrainActivationsConfig(Config):
+    """SGD training of tanh and sin BN MLPs with and without activation shaping
+    (:func:`train_bn_activations`)."""
+
+    train_data: str = param("mnist1d", choices=TRAIN_DATA)
+    activations: tuple[str, ...] = param(("tanh", "sin"), choices=("tanh", "sin"))
+    gain_exponent: float = param(0.4, positive=True, doc="k of the shaped arm; the other arm has k = 0")
+    depth: int = param(12, positive=True)
+    width: int = param(16, positive=True, doc="also the batch size")
+    epochs: int = param(2, positive=True)
+    n_train: int = param(1000, minimum=0, doc="0: the whole training set")
+    lr: float = param(0.1, positive=True)
+    seeds: int = param(6, minimum=2)
+    max_steps: int = param(0, minimum=0, doc="0: no limit; > 0 stops after that many SGD steps")
+    seed: int = param(700, minimum=0)
+
+
+@register("bn_train_activations", BNTrainActivationsConfig,
+          profiles={"smoke": dict(),
+                    "book": dict(depth=24, width=32, epochs=6, n_train=2000, seeds=12),
+                    "full": dict(train_data="cifar10", depth=1000, width=100, epochs=1000,
+                                 n_train=0, lr=0.001, seeds=3)},
+          summary=lambda r: {"data": r["data"], "final_test_acc": [float(np.nanmean(a[:, -1]))
+                                                                   for a in np.asarray(r["test_acc"])]})
+def bn_train_activations(config: BNTrainActivationsConfig, device="cpu", progress: bool = False) -> dict:
+    """Meterez et al. (2024), Fig. 4 (accuracy per epoch of shaped tanh and sin BN MLPs) and
+    Fig. 6 / F1–F2 (per-layer gradient norms and :math:`\\phi(W_\\ell)` over training), with the
+    unshaped arms beside the shaped ones: :func:`train_bn_activations` on
+    :func:`load_bn_training_data` (the first ``n_train`` training examples). Returns the data
+    set used and the per-epoch records of :func:`train_bn_activations` (leading axes arm, seed).
+    Used in: bn, § Training deep BN MLPs."""
+    data, name = load_bn_training_data(config.train_data, torch.Generator().manual_seed(config.seed))
+    if config.n_train:
+        data = data.subset(config.n_train)
+    res = train_bn_activations(data, config.activations, config.gain_exponent, config.depth,
+                               config.width, config.epochs, config.lr, config.seeds, config.seed,
+                               max_steps=config.max_steps, device=device, progress=progress)
+    return {"data": name, **res}
