@@ -22,6 +22,9 @@ def main(argv=None) -> int:
     p.add_argument("--book", action="store_true",
                    help="the book-sized suite (a few minutes; data/results/bench/book/), what the "
                         "book's Performance page runs when no full record exists")
+    p.add_argument("--missing", action="store_true",
+                   help="run only the suites with no full or book-sized record yet (what the "
+                        "Performance page would otherwise run itself, beside other chapters)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (auto: cuda if present)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--list", action="store_true", help="list the suites and exit")
@@ -34,6 +37,12 @@ def main(argv=None) -> int:
     for name in names:
         if name not in SUITES:
             p.error(f"unknown benchmark {name!r}: allowed values are {', '.join(SUITES)}")
+    if a.missing:
+        from .report import load
+        names = [n for n in names if load(n, profiles=("full", "book")) is None]
+        if not names:
+            print("every suite has a full or book-sized record: nothing to run")
+            return 0
     if a.threads is not None and a.threads < 1:
         p.error(f"--threads must be an integer >= 1, got {a.threads}")
     if a.threads is None and a.smoke:

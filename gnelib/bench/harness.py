@@ -37,7 +37,7 @@ from gnelib.base.errors import check_positive, check_positive_int
 from gnelib.base.io import atomic_write_json, data_dir
 
 __all__ = ["Case", "Settings", "SMOKE", "FULL", "environment", "measure", "run_suite", "goal",
-           "BOOK", "llc_bytes", "stream_bandwidth", "results_dir", "result_path", "format_table", "median_ratio", "loglog_slope"]
+           "BOOK", "llc_bytes", "stream_bandwidth", "first_touch_cost", "reuse_freed_memory", "results_dir", "result_path", "format_table", "median_ratio", "loglog_slope"]
 
 SCHEMA = 1
 
@@ -263,6 +263,48 @@ def stream_bandwidth(numel: int, device: torch.device | str = "cpu", repeats: in
     return out
 
 
+_REUSE: dict | None = None
+
+
+def first_touch_cost(numel: int, repeats: int = 5) -> dict:
+    """What a fresh tensor costs beyond the bytes written: the median time of
+    ``torch.empty(numel).fill_(1)`` against ``fill_`` into a tensor allocated once. Beyond
+    glibc's mmap threshold every fresh allocation is a new mapping whose pages the kernel
+    faults in and zeroes on first touch, and a freed one is unmapped at once."""
+    o = torch.empty(numel)
+
+    def med(fn):
+        fn()
+        ts = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+        return statistics.median(ts)
+    fresh = med(lambda: torch.empty(numel).fill_(1.0))
+    held = med(lambda: o.fill_(1.0))
+    return {"numel": numel, "fresh_s": fresh, "reused_s": held, "ratio": fresh / held}
+
+
+def reuse_freed_memory() -> dict:
+    """Make glibc keep freed memory for reuse (``mallopt(M_MMAP_MAX, 0)``: large blocks come
+    from the heap, not from fresh mappings; ``M_TRIM_THRESHOLD`` 1 GiB: freed memory is not
+    handed back), so a step that allocates its outputs reuses the pages of the previous
+    step instead of faulting in new ones, as a caching allocator does on a GPU. Process-wide
+    and not undone; returns what was done (``{"applied": False, ...}`` off glibc)."""
+    global _REUSE
+    if _REUSE is not None:
+        return _REUSE
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6")
+        ok = bool(libc.mallopt(-4, 0)) and bool(libc.mallopt(-1, 2**30))  # M_MMAP_MAX, M_TRIM_THRESHOLD
+        _REUSE = {"applied": ok, "how": "glibc mallopt(M_MMAP_MAX=0, M_TRIM_THRESHOLD=1 GiB)"}
+    except (OSError, AttributeError) as err:
+        _REUSE = {"applied": False, "how": f"not glibc ({err})"}
+    return _REUSE
+
+
 def results_dir(smoke: bool, profile: str | None = None) -> Path:
     """``data/results/bench`` (``.../bench/smoke`` for smoke runs, ``.../bench/book`` for
     the book-sized runs)."""
@@ -297,7 +339,9 @@ def run_suite(name: str, title: str, cases: list[Case], reference: str, *,
         if progress:
             cells = "  ".join(f"{n}={t['median'] * 1e3:.3g} ms" for n, t in times.items())
             print(f"  [{name}] {case.label}: {cells}", flush=True)
-    contenders = list(rows[0]["times"]) if rows else []
+    contenders = []  # in order of first appearance: a contender may time some cases only
+    for row in rows:
+        contenders += [c for c in row["times"] if c not in contenders]
     record = {
         "schema": SCHEMA, "name": name, "title": title, "what": what, "reference": reference,
         "size_name": size_name, "smoke": settings.smoke, "profile": settings.profile,
@@ -332,8 +376,9 @@ def format_table(record: dict, fmt: str = "github", compact: bool = False,
     body = []
     for row in record["cases"]:
         t = row["times"]
-        body.append([row["label"]] + [f"{t[c]['median'] * 1e3:.4g}" for c in timed] +
-                    [f"{t[c]['ratio']:.3f}" for c in cons if c != ref])
+        body.append([row["label"]] + [f"{t[c]['median'] * 1e3:.4g}" if c in t else ""
+                                      for c in timed] +
+                    [f"{t[c]['ratio']:.3f}" if c in t else "" for c in cons if c != ref])
     body.append(["median ratio"] + [""] * len(timed) +
                 [f"{record['median_ratio'][c]:.3f}" for c in cons if c != ref])
     lines = [tabulate(body, head, tablefmt=fmt, disable_numparse=True)]

@@ -113,16 +113,19 @@ def plot_suite(rec: dict, axes, colors=None, goal_line: float | None = None):
     per_layer = rec["name"] == "depth"
     for i, con in enumerate(rec["contenders"]):
         color = None if colors is None else colors[i % len(colors)]
-        stats = [c["times"][con] for c in rec["cases"]]
+        cases = [i for i, c in enumerate(rec["cases"]) if con in c["times"]]
+        if not cases:
+            continue
+        stats = [rec["cases"][i]["times"][con] for i in cases]
+        xs = [sizes[i] for i in cases]
         t = [s["median"] * 1e3 for s in stats]
         err = [[max(0.0, s["median"] - s.get("q1", s["median"])) * 1e3 for s in stats],
                [max(0.0, s.get("q3", s["median"]) - s["median"]) * 1e3 for s in stats]]
-        ax_t.errorbar(sizes, t, yerr=err, marker="o", label=con, color=color, capsize=2)
+        ax_t.errorbar(xs, t, yerr=err, marker="o", label=con, color=color, capsize=2)
         if per_layer:
-            ax_r.plot(sizes, [tt / s for tt, s in zip(t, sizes)], marker="o", color=color)
+            ax_r.plot(xs, [tt / s for tt, s in zip(t, xs)], marker="o", color=color)
         elif con != ref:
-            ax_r.plot(sizes, [c["times"][con]["ratio"] for c in rec["cases"]], marker="o",
-                      color=color, label=con)
+            ax_r.plot(xs, [s["ratio"] for s in stats], marker="o", color=color, label=con)
     ax_t.set_yscale("log")
     ax_t.set_ylabel("median time per call (ms)")
     if per_layer:
@@ -207,6 +210,23 @@ def page_values(records: dict) -> dict[str, str]:
     out["perf-smn-beyond"] = ", ".join(c["label"].split(" ")[0] for c in beyond)
     bn2d = sorted(c["extra"]["of_bound"]["BatchNorm2d"] for c in beyond)
     out["perf-bn2d-bound"] = f"{bn2d[len(bn2d) // 2]:.2f}"
+
+    def mid(xs):
+        xs = sorted(xs)
+        return xs[len(xs) // 2] if xs else float("nan")
+    kbw = mid([c["extra"].get("bound_kernel_bandwidth", float("nan")) for c in beyond])
+    out["perf-bw-kernel"] = f"{kbw / 1e9:.1f} GB/s"
+    stream = mid([c["extra"]["bound_s"] / c["extra"].get("bound_stream_s", float("nan"))
+                  for c in beyond])
+    out["perf-bw-kernel-vs-stream"] = f"{stream:.2f}"
+    fresh = [c for c in beyond if "memory-bound kernel, fresh outputs" in c["times"]]
+    out["perf-bound-fresh"] = f"{mid([c['extra']['of_bound']['memory-bound kernel, fresh outputs'] for c in fresh]):.2f}"
+    out["perf-smn-vs-fresh"] = f"{mid([c['times']['SMN compiled']['median'] / c['times']['memory-bound kernel, fresh outputs']['median'] for c in fresh]):.2f}"
+    out["perf-bn2d-vs-fresh"] = f"{mid([c['times']['BatchNorm2d']['median'] / c['times']['memory-bound kernel, fresh outputs']['median'] for c in fresh]):.2f}"
+    touch = smn.get("first_touch", {})
+    out["perf-touch-default"] = f"{touch.get('default', {}).get('ratio', float('nan')):.1f}"
+    out["perf-touch-reused"] = f"{touch.get('reused', {}).get('ratio', float('nan')):.1f}"
+    out["perf-allocator"] = touch.get("allocator", {}).get("how", "not recorded")
     out["perf-smn-eager"] = f"{smn['median_ratio']['SMN eager']:.2f}"
     first = sorted(c["times"]["SMN compiled"]["first_call_s"] for c in smn["cases"])
     out["perf-smn-compile"] = f"{first[len(first) // 2]:.1f} s"
@@ -231,6 +251,18 @@ def page_values(records: dict) -> dict[str, str]:
         out[f"perf-jac-err{key}"] = f"{err:.2f} %"
         out[f"perf-jac-cover{key}"] = f"{100 * e['within_2se']:.0f} %"
         out[f"perf-jac-method{key}"] = ", ".join(e["methods"])
+    for key, name in (("f2", "forward (2%)"), ("f1", "forward (1%)"), ("f05", "forward (0.5%)"),
+                      ("or", "Rademacher probes (1%, oracle)")):
+        e = x.get(name)
+        if e is None:  # smoke records time forward at one coarse target only
+            for k in ("p", "err", "speed"):
+                out[f"perf-jac-{k}{key}"] = "n/a"
+            continue
+        out[f"perf-jac-p{key}"] = f"{e['mean_probes']:.0f}"
+        out[f"perf-jac-err{key}"] = f"{100 * max(e['rms_rel_err_phi1'], e['rms_rel_err_phi2']):.2f} %"
+        out[f"perf-jac-speed{key}"] = f"{1 / at[0]['times'][name]['ratio']:.2f}"
+    orc = x.get("Rademacher probes (1%, oracle)")
+    out["perf-jac-ceiling"] = (f"{at[0]['size'] / orc['mean_probes']:.1f}" if orc else "n/a")
     out["perf-jac-gauss-speed"] = f"{1 / at[0]['times']['Gaussian probes (1%)']['ratio']:.1f}"
     out["perf-jac-slope-exact"] = f"{slope(jac, 'jacrev (exact)'):.2f}"
     out["perf-jac-slope-probes"] = f"{slope(jac, 'auto (1%)'):.2f}"

@@ -31,6 +31,33 @@ standard error: a pilot of 16 Rademacher probes estimates the variance of both e
 :math:`AV(V^\\top AV)^+(AV)^\\top` of the top of the spectrum, the pilot's products serving
 as the sketch), the cheaper one continues, and probes are added until the standard errors
 reach the target.
+
+A third estimator, ``method="forward"``, uses Jacobian-vector products only: with
+input-space probes :math:`V=[v_1..v_P]` (independent, :math:`\\mathbb E\\,vv^\\top=I`:
+Rademacher or Gaussian), :math:`Y=JV` (one batched forward-mode pass) and the Gram matrix
+:math:`G=Y^\\top Y=V^\\top BV`, :math:`B=J^\\top J`,
+
+.. math::
+    \\hat\\phi_1=\\frac{1}{n_\\text{out}P}\\sum_i G_{ii},\\qquad
+    \\hat\\phi_2=\\frac{1}{n_\\text{out}P(P-1)}\\sum_{i\\ne j} G_{ij}^2,
+
+both unbiased: :math:`\\mathbb E G_{ii}=\\operatorname{tr}B=\\operatorname{tr}JJ^\\top` and, for
+:math:`i\\ne j`, :math:`\\mathbb E[G_{ij}^2]=\\mathbb E[v_i^\\top B\\,\\mathbb E(v_jv_j^\\top)\\,Bv_i]
+=\\operatorname{tr}B^2=\\operatorname{tr}(JJ^\\top)^2` for any isotropic probes (Rademacher
+included). Each probe costs one product with :math:`J` instead of two, but the U-statistic's
+variance is :math:`\\tfrac{4(P-2)}{P(P-1)}\\zeta_1+\\tfrac{2}{P(P-1)}\\zeta_2` with
+:math:`\\zeta_1=\\operatorname{Var}(v^\\top B^2v)` (the variance of one Hutchinson sample of
+:math:`\\operatorname{tr}A^2`) and :math:`\\zeta_2=\\operatorname{Var}(G_{12}^2)\\approx
+2(\\operatorname{tr}B^2)^2`: at equal passes through the block (P products with
+:math:`J` against P/2 with :math:`JJ^\\top`) and Gaussian probes its first term is twice
+Hutchinson's variance for :math:`\\phi_2`, and the second adds a relative variance of about
+:math:`4/P^2` whatever the spectrum (Rademacher probes lower each estimator's :math:`\\zeta_1`
+by a diagonal's share, in different bases). It can win only where :math:`\\phi_1` is the
+binding moment or a pass of :math:`J` alone is much cheaper than half a product with
+:math:`JJ^\\top`. Its standard error for :math:`\\phi_1` is the sample one; for
+:math:`\\phi_2` the square root of the unbiased estimate of the U-statistic's variance
+(:math:`U^2` less the mean of :math:`h_{ij}h_{kl}` over disjoint pairs, :math:`h_{ij}=G_{ij}^2`),
+which the jackknife would overstate by up to :math:`\\sqrt2` where the pair term dominates.
 """
 from __future__ import annotations
 
@@ -87,10 +114,13 @@ def _exact(f, x: torch.Tensor) -> JacobianMoments:
     return JacobianMoments(phi1, phi2, n_out / n_in, 0.0, 0.0, n_in, n_out, 0, "exact")
 
 
-#: Estimators of :func:`jacobian_moments` (``method``); ``"auto"`` picks one of the first two.
-METHODS = ("hutchinson", "hutch++", "auto")
+#: Estimators of :func:`jacobian_moments` (``method``); ``"auto"`` picks one of the first three.
+METHODS = ("hutchinson", "hutch++", "forward", "auto")
 #: Probe distributions of the Hutchinson estimator (``distribution``).
 DISTRIBUTIONS = ("gaussian", "rademacher")
+#: Most probes ``"forward"`` adds for a target error: its P x P Gram matrix (and the
+#: temporaries of its variance) stay under about 200 MB.
+MAX_FORWARD_PROBES = 2048
 #: Default memory budget (bytes) for one batch of probes.
 DEFAULT_MEMORY_BUDGET = 256 * 2**20
 
@@ -106,6 +136,7 @@ class _Operator:
     def __init__(self, f, x: torch.Tensor, memory_budget: int | None):
         self.f, self.x = f, x
         self.products = 0
+        self.passes = 0  # passes through the block: 2 per product with JJ^T, 1 per J v
         self._graph = None
         try:
             self.y, self._vjp = torch.func.vjp(f, x)
@@ -151,8 +182,35 @@ class _Operator:
                 self._build_graph()
         return self._autograd(v)
 
+    def _forward_chunk(self, v):
+        if self._graph is None:
+            try:
+                return torch.func.vmap(
+                    lambda t: torch.func.jvp(self.f, (self.x,), (t,))[1])(v)
+            except RuntimeError:
+                self._build_graph()
+        xr, y, r, jt_r = self._graph
+        return torch.stack([torch.autograd.grad(jt_r, r, vi, retain_graph=True)[0]
+                            for vi in v])
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        """``J v`` for input-space vectors ``v`` of shape ``(p, *x.shape)`` (one pass each)."""
+        self.passes += v.shape[0]
+        if v.shape[0] <= self.chunk:
+            return self._forward_chunk(v)
+        return torch.cat([self._forward_chunk(c) for c in v.split(self.chunk)])
+
+    def input_probes(self, p: int, generator, distribution: str) -> torch.Tensor:
+        shape = (p, *self.x.shape)
+        if distribution == "gaussian":
+            v = torch.randn(shape, generator=generator, dtype=self.x.dtype)
+        else:
+            v = torch.randint(0, 2, shape, generator=generator).to(self.x.dtype).mul_(2).sub_(1)
+        return v.to(self.x.device)
+
     def apply(self, v: torch.Tensor):
         self.products += v.shape[0]
+        self.passes += 2 * v.shape[0]
         if v.shape[0] <= self.chunk:
             return self._apply_chunk(v)
         parts = [self._apply_chunk(c) for c in v.split(self.chunk)]
@@ -282,6 +340,132 @@ def _hutch_pp(op, n_in, generator, probes, rel_error, max_probes, sketch):
     return _result(s, n_in, op.products, "hutch++", 2 * k)
 
 
+class _Gram:
+    """Running Gram matrix :math:`G=Y^\top Y` of forward products :math:`Y=JV` (the rows of
+    ``y`` stacked as they come), its two statistics, their jackknife standard errors and the
+    probe count a target relative error needs (module docstring)."""
+
+    def __init__(self, n_out: int):
+        self.n_out = n_out
+        self.rows = torch.zeros(0, 0, dtype=torch.float64)
+        self.g = torch.zeros(0, 0, dtype=torch.float64)
+
+    @property
+    def count(self) -> int:
+        return self.g.shape[0]
+
+    def add(self, y: torch.Tensor):
+        m = y.reshape(y.shape[0], -1).to(torch.float64)
+        if self.count == 0:
+            self.rows, self.g = m, m @ m.T
+            return
+        cross = m @ self.rows.T
+        self.g = torch.cat([torch.cat([self.g, cross.T], 1),
+                            torch.cat([cross, m @ m.T], 1)], 0)
+        self.rows = torch.cat([self.rows, m])
+
+    def _parts(self):
+        p, n = self.count, self.n_out
+        d = self.g.diagonal() / n  # G_ii / n: Hutchinson samples of phi1
+        sq = (self.g / n).pow(2)
+        sq.fill_diagonal_(0.0)
+        r = sq.sum(1)  # sum_{j != k} G_kj^2 / n^2
+        return p, d, sq, r
+
+    def stats(self):
+        """``[(phi1, se1), (phi2, se2)]``: the sample standard error of the mean of the
+        ``G_ii``; for phi2 the square root of the unbiased estimate of the U-statistic's
+        variance (its square minus the mean of ``h_ij h_kl`` over disjoint pairs), the
+        jackknife for fewer than four probes or when that estimate is not positive."""
+        p, d, sq, r = self._parts()
+        n = self.n_out
+        phi1 = d.mean().item()
+        se1 = d.std().item() / math.sqrt(p) if p > 1 else math.inf
+        if p < 2:
+            return [(phi1, se1), (0.0, math.inf)]
+        total = r.sum()
+        phi2 = (total / (p * (p - 1))).item() * n
+        if p < 3:
+            return [(phi1, se1), (phi2, math.inf)]
+        if p < 4:
+            loo = (total - 2 * r) / ((p - 1) * (p - 2)) * n  # phi2 without probe k
+            return [(phi1, se1),
+                    (phi2, math.sqrt((p - 1) / p * (loo - loo.mean()).pow(2).sum().item()))]
+        # unbiased: Var(U) = E[U^2] - theta^2, theta^2 by the mean of h_ij h_kl over
+        # disjoint pairs (a degree-4 U-statistic); sums over unordered pairs
+        h = sq * n  # h_ij = G_ij^2 / n, mean phi2
+        t = h.sum().item() / 2
+        f2 = h.pow(2).sum().item() / 2
+        rs = h.sum(1)
+        disjoint = t * t + f2 - rs.pow(2).sum().item()
+        n_pairs = p * (p - 1) / 2
+        theta2 = disjoint / (n_pairs * (p - 2) * (p - 3) / 2)
+        var2 = (t / n_pairs) ** 2 - theta2
+        if var2 <= 0:  # a rare draw: fall back to the (conservative) jackknife
+            loo = (total - 2 * r) / ((p - 1) * (p - 2)) * n
+            var2 = (p - 1) / p * (loo - loo.mean()).pow(2).sum().item()
+        return [(phi1, se1), (phi2, math.sqrt(var2))]
+
+    def needed(self, rel_error: float) -> int:
+        """Probes in all for both relative standard errors <= rel_error, from the variance
+        components estimated so far: ``Var(d)`` for phi1; for phi2 the U-statistic's
+        ``4(P-2)/(P(P-1)) zeta1 + 2/(P(P-1)) zeta2``, ``zeta2`` the variance of the pairs'
+        ``G_ij^2`` and ``zeta1`` that of the probes' row means less its pair noise."""
+        p, d, sq, r = self._parts()
+        if p < 3:
+            return 3
+        (phi1, _), (phi2, _) = self.stats()
+        n = self.n_out
+        need = 0
+        if phi1 > 0:
+            need = math.ceil(d.var().item() / (rel_error * phi1) ** 2)
+        iu = torch.triu_indices(p, p, 1)
+        pairs = sq[iu[0], iu[1]] * n  # G_ij^2 / n, mean phi2
+        zeta2 = pairs.var().item()
+        zeta1 = max((r * n / (p - 1)).var().item() - zeta2 / (p - 1), 0.0)
+        if phi2 > 0:
+            t = (rel_error * phi2) ** 2
+            need = max(need, math.ceil((4 * zeta1 + math.sqrt(16 * zeta1 ** 2 + 8 * zeta2 * t))
+                                       / (2 * t)))
+        return max(need, 3)
+
+
+def _forward(op, n_in, generator, probes, rel_error, max_probes, distribution):
+    """The forward-only estimator (module docstring): ``probes`` products ``J v``, or with
+    ``rel_error`` a pilot of 16 and batches until both relative standard errors reach it
+    (at most ``max_probes`` passes and :data:`MAX_FORWARD_PROBES` probes)."""
+    g = _Gram(op.n_out)
+    target = max(3, probes) if rel_error is None else 16
+    while True:
+        todo = target - g.count
+        if rel_error is not None:
+            todo = min(todo, max_probes - op.passes, MAX_FORWARD_PROBES - g.count)
+        if todo <= 0:
+            break
+        g.add(op.forward(op.input_probes(todo, generator, distribution)))
+        if rel_error is None:
+            break
+        need = g.needed(rel_error)
+        if need <= g.count:
+            break
+        target = max(g.count + 1, math.ceil(1.1 * need))
+    (p1, s1), (p2, s2) = g.stats()
+    return JacobianMoments(p1, max(p2, 0.0), op.n_out / n_in, s1, s2, n_in, op.n_out,
+                           op.passes, "forward", 0)
+
+
+def _forward_passes(a: torch.Tensor, b: torch.Tensor, rel_error: float) -> int:
+    """Passes the forward estimator would need, predicted from Hutchinson pilot samples
+    ``a`` (of phi1) and ``b`` (of phi2, each ``v^T A^2 v / n``): ``Var(G_ii/n) ~ Var(a)``,
+    ``zeta1/n^2 ~ Var(b)`` and ``zeta2/n^2 ~ 2 phi2^2 + 3 Var(b)`` (Gaussian moments)."""
+    m1, m2 = a.mean().item(), b.mean().item()
+    need = math.ceil(a.var().item() / (rel_error * m1) ** 2) if m1 > 0 else 0
+    if m2 > 0:
+        z1, z2, t = b.var().item(), 2 * m2 ** 2 + 3 * b.var().item(), (rel_error * m2) ** 2
+        need = max(need, math.ceil((4 * z1 + math.sqrt(16 * z1 ** 2 + 8 * z2 * t)) / (2 * t)))
+    return max(need, 3)
+
+
 def _auto(op, n_in, generator, rel_error, max_probes, pilot):
     """Pilot of ``pilot`` Rademacher probes; predict the products each method still needs
     for ``rel_error`` and continue with the cheaper one. Hutch++ reuses the pilot's products
@@ -312,8 +496,12 @@ def _auto(op, n_in, generator, rel_error, max_probes, pilot):
     tot1, tot2 = a.mean().item(), b.mean().item()
     need_pp = max(math.ceil(var1 / (rel_error * tot1) ** 2) if tot1 > 0 else 0,
                   math.ceil(var2 / (rel_error * tot2) ** 2) if tot2 > 0 else 0)
-    cost_h = max(0, need_h - pilot)
-    cost_pp = pilot + max(need_pp, 2)  # sketch traces (A Q) + residual
+    # remaining passes through the block (2 per product with JJ^T, 1 per J v)
+    cost_h = 2 * max(0, need_h - pilot)
+    cost_pp = 2 * (pilot + max(need_pp, 2))  # sketch traces (A Q) + residual
+    cost_f = _forward_passes(a, b, rel_error)  # the pilot's products cannot be reused
+    if cost_f < 0.8 * min(cost_h, cost_pp):
+        return _forward(op, n_in, generator, 0, rel_error, 2 * max_probes, "rademacher")
     if cost_pp < 0.8 * cost_h and pilot < op.n_out:
         q = _orthonormal(w)
         t1, t2 = _sketch(op, q)
@@ -347,26 +535,31 @@ def jacobian_moments(f, x: torch.Tensor, probes: int = 64,
         The input, finite and floating point (use float64 for tight checks).
     probes : int
         Number of products with :math:`JJ^\\top` (each one vector-Jacobian and one
-        Jacobian-vector product; >= 2 for a standard error). Ignored with ``rel_error``.
+        Jacobian-vector product; >= 2 for a standard error; for ``"forward"`` the products
+        with :math:`J`, >= 3). Ignored with ``rel_error``.
     generator : torch.Generator, optional
         A CPU generator for the probes, for reproducible estimates on any device.
     exact : bool
         Materialise ``J`` with ``torch.func.jacrev`` and return exact traces (small blocks).
-    method : {"hutchinson", "hutch++", "auto"}, optional
+    method : {"hutchinson", "hutch++", "forward", "auto"}, optional
         ``"hutchinson"``: the probe average (Gaussian probes unless ``distribution`` says
         otherwise: the estimates of earlier versions). ``"hutch++"``: Hutch++ (Meyer et al.
         2021) with a sketch of ``sketch`` vectors (default ``probes // 3``), exact traces on
         the sketch and Rademacher probes on the rest; it gains on spectra dominated by a few
         large eigenvalues and loses up to a third of the products on flat ones. ``"auto"``
         (the default when ``rel_error`` is given): a pilot of Rademacher probes, then the
-        method predicted to reach ``rel_error`` with fewer products. Default
-        ``"hutchinson"``.
+        method predicted to reach ``rel_error`` with fewer passes through the block.
+        ``"forward"``: Jacobian-vector products only, one pass per probe, all probes in one
+        batched forward-mode pass; :math:`\\phi_2` from the off-diagonal of the probes' Gram
+        matrix (module docstring), Rademacher probes unless ``distribution`` says otherwise.
+        Default ``"hutchinson"``.
     rel_error : float, optional
         Target relative standard error of both moments: probes are added in batches until
         the estimated standard errors reach it (at most ``max_probes`` products, default
         ``max(4096, 4 * n_out)``).
     distribution : {"gaussian", "rademacher"}, optional
-        Probe distribution of ``"hutchinson"`` (default Gaussian; ``"auto"`` and
+        Probe distribution of ``"hutchinson"`` (default Gaussian) and ``"forward"``
+        (default Rademacher; ``"auto"`` and
         ``"hutch++"`` always use Rademacher probes, whose variance is lower by the
         diagonal's share, :math:`2(\\|A\\|_F^2-\\sum_i A_{ii}^2)` instead of
         :math:`2\\|A\\|_F^2`).
@@ -375,8 +568,11 @@ def jacobian_moments(f, x: torch.Tensor, probes: int = 64,
         chunks of ``memory_budget // (4 (n_in + 2 n_out) itemsize)`` vectors.
 
     The standard errors are those of the probe average, for Hutch++ of its residual part
-    (the sketch part is exact given the sketch), zero for ``exact=True``. ``probes`` of the
-    result counts the products with :math:`JJ^\\top` actually made (0 for the exact path).
+    (the sketch part is exact given the sketch), for ``"forward"`` the jackknife over probes,
+    zero for ``exact=True``. ``probes`` of the result counts the products with
+    :math:`JJ^\\top` actually made (two passes through the block each; 0 for the exact path),
+    for ``"forward"`` the passes (products with :math:`J`, plus two per product of an
+    ``"auto"`` pilot).
     """
     x = _check_input(x)
     check_positive_int("probes", probes)
@@ -402,6 +598,9 @@ def jacobian_moments(f, x: torch.Tensor, probes: int = 64,
         check_positive_int("max_probes", max_probes, minimum=2)
         if method == "hutch++":
             return _hutch_pp(op, x.numel(), generator, probes, rel_error, max_probes, sketch)
+        if method == "forward":
+            return _forward(op, x.numel(), generator, probes, rel_error, 2 * max_probes,
+                            distribution or "rademacher")
         if method == "auto":
             return _auto(op, x.numel(), generator, rel_error, max_probes,
                          pilot=min(16, max_probes))

@@ -51,8 +51,9 @@ class Moments:
     A measurement also carries ``phi1_se``/``phi2_se`` (standard errors of the probe average;
     0 for exact values), ``n_in``/``n_out``, ``probes`` (products with :math:`JJ^\\top`; 0 for
     exact or closed-form values), ``method`` (``"closed form"``, ``"exact"``, ``"hutchinson"``,
-    ``"hutch++"``) and ``sketch`` (products in the Hutch++ sketch). Cauchy–Schwarz
-    (``phi2 >= phi1**2``) is enforced for exact values only: an estimate may fall below it.
+    ``"hutch++"``, ``"forward"``: then ``probes`` counts passes) and ``sketch`` (products in
+    the Hutch++ sketch). Cauchy–Schwarz (``phi2 >= phi1**2``) is enforced for exact values
+    only: an estimate may fall below it.
     """
 
     phi1: float
