@@ -182,3 +182,14 @@ def test_local_rate_prediction_against_independent_haar_monte_carlo(d):
     xp = W @ x
     ratios = gap(xp / np.linalg.norm(xp, axis=2, keepdims=True)) / phi0
     assert_close(ratios, 1 - pred, f"one-step contraction at d = {d}")
+
+
+def test_bn_quoted_rates_are_the_published_formulas():
+    """Meterez et al.'s Lemma B.2 contraction 1/(2 d^2), and Yang et al.'s mean-field rate
+    1/2 log((B-2)/(B-3)) for centred BN (ours, with B+1 for B, for the uncentred BN): the
+    numbers the BN chapter quotes, written out from the formulas."""
+    import math
+    from gnelib.theory.bn_rates import paper_local_rate, yang_rate
+    assert paper_local_rate(10) == 1 / 200
+    assert yang_rate(6) == 0.5 * math.log(4 / 3)
+    assert yang_rate(6, centred=False) == 0.5 * math.log(5 / 4)

@@ -270,8 +270,10 @@ def _failed_ids(output: str) -> list[str]:
     return ids
 
 
+# tests/test_mutate.py checks the mutant list (fails on any mutant); tests/after_smoke needs the
+# chapters' smoke logs; tests/test_lab.py starts a JupyterLab server (no mathematics in it).
 PYTEST = [sys.executable, "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider",
-          "--ignore=tests/test_mutate.py"]
+          "--ignore=tests/test_mutate.py", "--ignore=tests/after_smoke", "--ignore=tests/test_lab.py"]
 _UNMUTATED: dict[str, bool] = {}  # test id -> passes on the unmutated tree
 EXTRA_CPU: list[float] = []  # CPU seconds of baseline and verification runs
 _UNMUTATED_LOCK = threading.Lock()
