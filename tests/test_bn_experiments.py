@@ -191,10 +191,13 @@ def test_full_profile_dry_run():
 
 
 def test_extrapolate_inverse_width_and_moment_draws():
-    r, se, a = bx.extrapolate_inverse_width([100, 200], [0.9, 0.95], [0.01, 0.01])
+    from gnelib.book import extrapolate_inverse_width
+    r, se, a, a_se = extrapolate_inverse_width([100, 200], [0.9, 0.95], [0.01, 0.01])
     assert r == pytest.approx(1.0) and a == pytest.approx(-10.0)
     assert se == pytest.approx(math.hypot(2 * 0.01, 0.01))
-    r3 = bx.extrapolate_inverse_width([100, 200, 400], [0.9, 0.95, 0.975], [0.01] * 3)
+    assert a_se == pytest.approx(math.hypot(0.01, 0.01) / (1 / 100 - 1 / 200))
+    assert extrapolate_inverse_width([100, 200], [0.9, 0.95], [0, 0])[:3] == pytest.approx((1.0, 0.0, -10.0))
+    r3 = extrapolate_inverse_width([100, 200, 400], [0.9, 0.95, 0.975], [0.01] * 3)
     assert r3[0] == pytest.approx(1.0) and r3[1] < se
     m = bx.haar_moment_draws(5, 400, gen(9))
     assert m["values"].shape == (400, len(bx.MOMENT_PATTERNS)) and m["exact"][0] == 0.0

@@ -39,7 +39,7 @@ import numpy as np
 from scipy import optimize, special, stats
 
 __all__ = ["CheckResult", "check", "checks_table", "reset_checks", "ledger", "bootstrap_se",
-           "ratio_se", "KINDS"]
+           "ratio_se", "extrapolate_inverse_width", "KINDS"]
 
 KINDS = ("two-sided", "upper", "lower", "exceeds", "below", "exact", "joint")
 POWER = 0.8  # the detection probability the reported deviation refers to
@@ -513,3 +513,23 @@ def ratio_se(a: float, a_se: float, b: float, b_se: float, cov_ab: float = 0.0) 
         return math.inf
     var = a_se**2 / b**2 + a**2 * b_se**2 / b**4 - 2 * a * cov_ab / b**3
     return math.sqrt(max(var, 0.0))
+
+
+def extrapolate_inverse_width(widths, values, ses) -> tuple[float, float, float, float]:
+    """The width-to-infinity limit of a quantity measured at several widths, assuming a
+    finite-width correction linear in ``1/N``: weighted least squares of ``value`` on ``1/N``
+    (exact interpolation for two widths). The widths are measured independently, so the
+    standard errors combine in quadrature. Returns ``(intercept, its standard error, slope in
+    1/N, its standard error)``. Used in: bdi, §"Finite width"; bn, §"Yang et al.'s rate"."""
+    x = 1.0 / np.asarray(widths, dtype=float)
+    y, s = np.asarray(values, dtype=float), np.asarray(ses, dtype=float)
+    if x.size < 2 or y.shape != x.shape or s.shape != x.shape:
+        raise ValueError("need values and standard errors at two or more widths")
+    if np.any(s <= 0):  # exact values: unweighted fit, no standard errors
+        A = np.stack([np.ones_like(x), x], 1)
+        beta = np.linalg.lstsq(A, y, rcond=None)[0]
+        return float(beta[0]), 0.0, float(beta[1]), 0.0
+    A = np.stack([np.ones_like(x), x], 1) / s[:, None]
+    cov = np.linalg.inv(A.T @ A)
+    beta = cov @ A.T @ (y / s)
+    return float(beta[0]), float(math.sqrt(cov[0, 0])), float(beta[1]), float(math.sqrt(cov[1, 1]))

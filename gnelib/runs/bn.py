@@ -28,7 +28,7 @@ __all__ = ["row_bn", "monotonicity_paths", "weingarten_mc_table", "theorem3_one_
            "bn_train_depths", "train_result_from_record", "haar_moment_draws", "MOMENT_PATTERNS",
            "BNConditionsConfig", "bn_conditions", "BNShapingConfig", "bn_shaping",
            "BNExponentRateConfig", "bn_exponent_rate", "BNYangConfig", "bn_yang_rates",
-           "extrapolate_inverse_width", "train_bn_activations", "BNTrainActivationsConfig",
+           "train_bn_activations", "BNTrainActivationsConfig",
            "bn_train_activations"]
 
 
@@ -618,19 +618,6 @@ def train_result_from_record(run: dict) -> TrainResult:
                        weight_gaps=np.asarray(run["weight_gaps"], dtype=float),
                        diverged=bool(run["diverged"]),
                        weight_change=np.asarray(run.get("weight_change", []), dtype=float))
-
-
-def extrapolate_inverse_width(widths, rates, ses) -> tuple[float, float, float]:
-    """The width-to-infinity limit of a rate measured at several widths, assuming a finite-width
-    correction linear in ``1/N``: weighted least squares of ``rate`` on ``1/N`` (exact
-    interpolation for two widths). Returns ``(intercept, its standard error, slope in 1/N)``.
-    The widths are measured independently, so the standard errors combine in quadrature."""
-    x = 1.0 / np.asarray(widths, dtype=float)
-    y, s = np.asarray(rates, dtype=float), np.asarray(ses, dtype=float)
-    A = np.stack([np.ones_like(x), x], 1) / s[:, None]
-    cov = np.linalg.inv(A.T @ A)
-    beta = cov @ A.T @ (y / s)
-    return float(beta[0]), float(math.sqrt(cov[0, 0])), float(beta[1])
 
 
 # --------------------------------------------------- training tanh / sin, shaped and unshaped
