@@ -12,8 +12,9 @@ M − 2 in batch norm) are largest there, so a wrong finite-size term shows.
 
 Entries whose closed form holds for every draw (orthogonal, delta-orthogonal, average pooling,
 BN/SMN/L1 at the draw's own batch statistics) are ``exact``; the others are expectations over
-draws. The residual entry is left out: at finite width it carries a term the addition theorem
-drops, and the chapter checks it, with that term, in its parallel-composition section.
+draws. Two entries are left out, and the chapter checks each in its own section: the residual
+(at finite width it carries a term the addition theorem drops) and the orthogonal conv kernel
+(a large-c entry, checked exactly by FFT at two channel counts).
 Used in: bdi, §"The component library".
 """
 from __future__ import annotations
