@@ -25,7 +25,7 @@ from gnelib.runs.registry import Config, param, register
 from gnelib.theory.moments import SELU_ALPHA, SELU_LAMBDA, selu_coefficients
 
 __all__ = ["mlp_moments", "mlp_pass", "residual_moments", "normalized_stack_phi", "sws_block_phi",
-           "init_gradient_norms", "conv_block_moments", "serial_blocks", "smn_bn_timing",
+           "init_gradient_norms", "conv_block_moments", "serial_blocks", "square_blocks", "smn_bn_timing",
            "weight_layers", "MLPMomentsConfig", "ResidualMomentsConfig", "NormalizedStackConfig",
            "SeluMomentsConfig", "SerialGradientsConfig", "ConvBlockMomentsConfig", "TrainConfig",
            "bdi_mlp_moments", "bdi_residual_moments", "bdi_normalized_stack", "bdi_selu_moments",
@@ -242,6 +242,18 @@ def conv_block_moments(model, x: torch.Tensor, probes: int = 8,
         with torch.no_grad():
             h = block(h)
     return np.array(out)
+
+
+def square_blocks(model, x: torch.Tensor) -> list[int]:
+    """Indices of the serial net's blocks whose output has the shape of their input."""
+    h, out = x, []
+    with torch.no_grad():
+        for i, block in enumerate(serial_blocks(model)):
+            y = block(h)
+            if y.shape == h.shape:
+                out.append(i)
+            h = y
+    return out
 
 
 def smn_bn_timing(shapes, repeats: int = 5, device: str | torch.device = "cpu",
@@ -512,8 +524,10 @@ class ConvBlockMomentsConfig(ConvActivationFields):
 def bdi_conv_block_moments(config: ConvBlockMomentsConfig) -> dict:
     """(φ, φ₂) of each conv→activation block of an un-normalised serial net at
     initialisation (:func:`conv_block_moments`, Gaussian inputs): ``phi[w][d]`` and
-    ``phi2[w][d]`` one list over the 31 blocks for width index w and draw d."""
-    phi, phi2 = [], []
+    ``phi2[w][d]`` one list over the blocks for width index w and draw d; ``square`` the
+    indices of the blocks whose output has the shape of their input (stride 1, as many channels
+    out as in: the blocks the square component entries describe)."""
+    phi, phi2, square = [], [], []
     for width in config.widths:
         pw, p2w = [], []
         for d in range(config.draws):
@@ -523,11 +537,13 @@ def bdi_conv_block_moments(config: ConvBlockMomentsConfig) -> dict:
             x = torch.randn(config.batch, 3, config.image, config.image, generator=gen,
                             dtype=torch.float64)
             a = conv_block_moments(model, x, probes=config.probes, generator=gen)
+            if not square:
+                square = square_blocks(model, x)
             pw.append(a[:, 0].tolist())
             p2w.append(a[:, 1].tolist())
         phi.append(pw)
         phi2.append(p2w)
-    return {"widths": list(config.widths), "phi": phi, "phi2": phi2}
+    return {"widths": list(config.widths), "phi": phi, "phi2": phi2, "square": square}
 
 
 @dataclass(frozen=True)
