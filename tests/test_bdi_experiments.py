@@ -95,8 +95,11 @@ def test_registered_residual_and_selu():
     s = 3.0 ** -0.5
     a = X.residual_moments(8, 3, s, seeds=3, batch=2, seed=1)
     assert result["scale"] == pytest.approx(s) and result["phi"] == a[:, 0].tolist()
-    sel = experiments.get("bdi_selu_moments")(X.SeluMomentsConfig(width=8, depth=4, seeds=2, batch=2))
-    assert len(sel["q"]) == 2 and len(sel["q"][0]) == 4 and len(sel["phi"]) == 2
+    sel = experiments.get("bdi_selu_moments")(X.SeluMomentsConfig(widths=(8, 10), depth=4, seeds=2,
+                                                                   batch=2))
+    assert len(sel["q"]) == 2 and len(sel["q"][0]) == 2 and len(sel["q"][0][0]) == 4
+    assert len(sel["phi"][1]) == 2 and len(sel["pred_phi"][1][0]) == 2
+    assert len(sel["act_phi"][0][0]) == 4 and len(sel["q_cond"][0][0][0]) == 2
     with pytest.raises(ValueError, match="p"):
         X.ResidualMomentsConfig(p=-1.0)
 

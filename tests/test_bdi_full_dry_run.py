@@ -14,7 +14,7 @@ from gnelib.runs import registry
 REDUCE = {"seeds": 2, "draws": 2, "steps": 2, "n_train": 8, "batch_size": 4, "probes": 2,
           "batch": 2, "eval_every": 2, "grad_every": 1}
 SMALL_MLP = {"bdi_mlp_moments": dict(widths=(8, 16), depths=(1, 32)),
-             "bdi_selu_moments": dict(width=16),
+             "bdi_selu_moments": dict(widths=(16, 24)),
              "bdi_residual_moments": dict(width=16),
              "bdi_normalized_stack": dict(widths=(16, 32), batches=(8, 16)),
              "bdi_conv_block_moments": dict(widths=(8,), image=16),

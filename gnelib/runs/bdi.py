@@ -22,9 +22,9 @@ from gnelib.nn.init import CONV_INITS, haar_orthogonal_
 from gnelib.nn.norms import SecondMomentNorm
 from gnelib.probes.jacobian import jacobian_moments
 from gnelib.runs.registry import Config, param, register
-from gnelib.theory.moments import SELU_ALPHA, SELU_LAMBDA, selu_coefficients
+from gnelib.theory.moments import SELU_ALPHA, SELU_LAMBDA, Moments, selu_coefficients, serial
 
-__all__ = ["mlp_moments", "mlp_pass", "residual_moments", "normalized_stack_phi", "sws_block_phi",
+__all__ = ["mlp_moments", "mlp_pass", "realised_composition", "residual_moments", "normalized_stack_phi", "sws_block_phi",
            "init_gradient_norms", "conv_block_moments", "serial_blocks", "square_blocks", "smn_bn_timing",
            "weight_layers", "MLPMomentsConfig", "ResidualMomentsConfig", "NormalizedStackConfig",
            "SeluMomentsConfig", "SerialGradientsConfig", "ConvBlockMomentsConfig", "TrainConfig",
@@ -76,9 +76,19 @@ def mlp_pass(width: int, depths, init: str = "gaussian", activation: str = "relu
              batch: int = 4, generator: torch.Generator | None = None) -> dict:
     """One network: exact (φ, φ((JJᵀ)²)) of the input-output Jacobian of an MLP ``act(W x)``
     after each depth in ``depths`` (the product :math:`J=D_LW_L\\cdots D_1W_1` is built
-    explicitly in float64, averaged over ``batch`` Gaussian inputs), and the per-layer forward
-    statistics: ``q`` (second moment of the pre-activations), ``mean`` and ``m2`` (mean and
-    second moment of the activations), each a list over layers 1..max(depths)."""
+    explicitly in float64), and the per-layer forward statistics: ``q`` (second moment of the
+    pre-activations), ``mean`` and ``m2`` (mean and second moment of the activations), each a
+    list over layers 1..max(depths). ``phi``/``phi2`` are averaged over the ``batch`` Gaussian
+    inputs.
+
+    Per input (lists over the batch): ``phi_b``/``phi2_b`` the end-to-end moments at each depth;
+    ``block_phi``/``block_phi2`` the exact moments of each layer's own Jacobian
+    :math:`J_l=D_lW_l` at that input, :math:`\\tfrac1n\\sum_i d_i^2\\|w_i\\|^2` and
+    :math:`\\tfrac1n\\sum_{ik}d_i^2d_k^2(w_i\\cdot w_k)^2`; ``act_phi``/``act_phi2`` the
+    activation's own moments :math:`\\tfrac1n\\sum_i d_i^2` and :math:`\\tfrac1n\\sum_i d_i^4`;
+    ``q_cond`` the variance :math:`g^2\\|x\\|^2/n` of a pre-activation given the layer's input
+    x (for Gaussian weights each pre-activation is exactly :math:`\\mathcal N(0,q)` given x).
+    Per-layer lists run over layers 1..max(depths)."""
     check_choice("init", init, ("gaussian", "orthogonal"))
     check_choice("activation", activation, ("relu", "leaky_relu", "selu"))
     act = _activation(activation, slope, selu_eps)
@@ -86,20 +96,54 @@ def mlp_pass(width: int, depths, init: str = "gaussian", activation: str = "relu
     want = set(depths)
     x = torch.randn(batch, width, generator=gen, dtype=torch.float64)
     jac = torch.eye(width, dtype=torch.float64).expand(batch, width, width)
-    out = {"phi": [], "phi2": [], "q": [], "mean": [], "m2": []}
+    keys = ("phi", "phi2", "q", "mean", "m2", "phi_b", "phi2_b", "block_phi", "block_phi2",
+            "act_phi", "act_phi2", "q_cond")
+    out = {k: [] for k in keys}
     for layer in range(1, max(depths) + 1):
         w = _weight(width, init, gain, gen)
+        out["q_cond"].append((gain**2 * x.pow(2).mean(1)).tolist())
         h = x @ w.T
         x, d = act(h)
         jac = d.unsqueeze(2) * (w @ jac)
+        d2, gram = d * d, w @ w.T
+        out["block_phi"].append(((d2 * gram.diagonal()).sum(1) / width).tolist())
+        out["block_phi2"].append((((d2 @ gram.pow(2)) * d2).sum(1) / width).tolist())
+        out["act_phi"].append(d2.mean(1).tolist())
+        out["act_phi2"].append(d2.pow(2).mean(1).tolist())
         out["q"].append(h.pow(2).mean().item())
         out["mean"].append(x.mean().item())
         out["m2"].append(x.pow(2).mean().item())
         if layer in want:
-            p1, p2 = _moments_of(jac)
-            out["phi"].append(p1)
-            out["phi2"].append(p2)
+            a = jac @ jac.transpose(1, 2)
+            p1 = torch.diagonal(a, dim1=1, dim2=2).sum(1) / width
+            p2 = a.pow(2).sum((1, 2)) / width
+            out["phi"].append(p1.mean().item())
+            out["phi2"].append(p2.mean().item())
+            out["phi_b"].append(p1.tolist())
+            out["phi2_b"].append(p2.tolist())
     return out
+
+
+def realised_composition(block_phi, block_phi2, depths) -> np.ndarray:
+    """The multiplication theorem applied to one network's own blocks: for each input (columns
+    of ``block_phi``/``block_phi2``, shape (layers, batch), the exact moments of each layer's
+    Jacobian at that input, :func:`mlp_pass`) and each depth L of ``depths``, the moments
+    :func:`gnelib.theory.moments.serial` predicts for :math:`J_L\\cdots J_1` from
+    :math:`(\\phi_1,\\phi_2)` of :math:`J_1,\\dots,J_L`. Returns an array (len(depths), batch, 2)
+    of (φ, φ₂). Nothing end-to-end enters: the end-to-end moments are measured separately.
+
+    Used in: bdi, §"Serial composition"."""
+    p1, p2 = np.asarray(block_phi, dtype=float), np.asarray(block_phi2, dtype=float)
+    want, out = set(depths), []
+    for b in range(p1.shape[1]):
+        acc, row = None, []
+        for layer in range(max(depths)):
+            blk = Moments(p1[layer, b], p2[layer, b])
+            acc = blk if acc is None else serial(acc, blk)
+            if layer + 1 in want:
+                row.append((acc.phi1, acc.phi2))
+        out.append(row)
+    return np.asarray(out).transpose(1, 0, 2)
 
 
 def mlp_moments(width: int, depth: int, init: str = "gaussian", activation: str = "relu",
@@ -307,33 +351,45 @@ class MLPMomentsConfig(Config):
 
 
 @register("bdi_mlp_moments", MLPMomentsConfig,
-          profiles={"smoke": dict(widths=(32, 64), depths=(1, 2, 4, 8), seeds=48),
-                    "book": dict(widths=(64, 128), depths=(1, 2, 4, 8, 16), seeds=40),
+          profiles={"smoke": dict(widths=(32, 64), depths=(1, 2, 4, 8), seeds=96),
+                    "book": dict(widths=(128, 256), depths=(1, 2, 4, 8), seeds=48),
                     "full": dict(widths=(256, 512), depths=(1, 2, 4, 8, 16, 32), seeds=64)})
 def bdi_mlp_moments(config: MLPMomentsConfig) -> dict:
     """Exact φ(JJᵀ) and φ((JJᵀ)²) of deep MLPs' input-output Jacobians (:func:`mlp_pass`), to
     compare with the multiplication theorem (:func:`gnelib.theory.moments.serial`) and to
     measure its finite-width excess: ``phi[w][d][s]`` and ``phi2[w][d][s]`` for width index w,
-    depth index d and seed s (network s at every width is seeded ``1000·seed + s``)."""
+    depth index d and seed s (network s at every width is seeded ``1000·seed + s``), averaged
+    over the batch. Per input b: ``phi_b[w][d][s][b]``/``phi2_b`` the same moments and
+    ``pred_phi[w][d][s][b]``/``pred_phi2`` the theorem applied to that network's own blocks at
+    that input (:func:`realised_composition`). ``block_phi[w][s]``/``block_phi2[w][s]``: the
+    exact moments of the single blocks :math:`J_l=D_lW_l`, averaged over the layers
+    1..max(depths) and the batch of network s."""
     gain = config.gain or rule_gain(config.activation, config.slope)
-    phi, phi2 = [], []
+    keys = ("phi", "phi2", "phi_b", "phi2_b", "pred_phi", "pred_phi2", "block_phi", "block_phi2")
+    res = {k: [] for k in keys}
     for width in config.widths:
         runs = [mlp_pass(width, config.depths, config.init, config.activation, config.slope,
                          gain, None, config.batch,
                          torch.Generator().manual_seed(config.seed * 1000 + s))
                 for s in range(config.seeds)]
-        phi.append([[r["phi"][d] for r in runs] for d in range(len(config.depths))])
-        phi2.append([[r["phi2"][d] for r in runs] for d in range(len(config.depths))])
-    return {"widths": list(config.widths), "depths": list(config.depths), "gain": gain,
-            "phi": phi, "phi2": phi2}
+        pred = np.array([realised_composition(r["block_phi"], r["block_phi2"], config.depths)
+                         for r in runs])  # (seeds, depths, batch, 2)
+        for k in ("phi", "phi2", "phi_b", "phi2_b"):
+            res[k].append([[r[k][d] for r in runs] for d in range(len(config.depths))])
+        res["pred_phi"].append(pred[..., 0].transpose(1, 0, 2).tolist())
+        res["pred_phi2"].append(pred[..., 1].transpose(1, 0, 2).tolist())
+        res["block_phi"].append([float(np.mean(r["block_phi"])) for r in runs])
+        res["block_phi2"].append([float(np.mean(r["block_phi2"])) for r in runs])
+    return {"widths": list(config.widths), "depths": list(config.depths), "gain": gain, **res}
 
 
 @dataclass(frozen=True)
 class SeluMomentsConfig(Config):
-    """SeLU MLPs with :math:`\\mathcal N(0,1/n)` weights; ``eps`` < 0 means the standard SeLU,
-    otherwise the depth-aware coefficients :func:`~gnelib.theory.moments.selu_coefficients`."""
+    """SeLU MLPs with :math:`\\mathcal N(0,1/n)` weights at each width of ``widths``; ``eps`` < 0
+    means the standard SeLU, otherwise the depth-aware coefficients
+    :func:`~gnelib.theory.moments.selu_coefficients`."""
 
-    width: int = param(256, positive=True)
+    widths: tuple[int, ...] = param((128, 256), positive=True)
     depth: int = param(32, positive=True)
     eps: float = param(0.03)
     seeds: int = param(12, minimum=2)
@@ -342,20 +398,33 @@ class SeluMomentsConfig(Config):
 
 
 @register("bdi_selu_moments", SeluMomentsConfig,
-          profiles={"smoke": dict(width=96, depth=16, seeds=16),
-                    "book": dict(width=192, depth=32, seeds=16),
-                    "full": dict(width=512, depth=32, seeds=32)})
+          profiles={"smoke": dict(widths=(64, 128), depth=16, seeds=16),
+                    "book": dict(widths=(128, 256), depth=16, seeds=80),
+                    "full": dict(widths=(256, 512), depth=32, seeds=64)})
 def bdi_selu_moments(config: SeluMomentsConfig) -> dict:
-    """End-to-end φ, φ₂ of SeLU MLPs and their per-layer forward statistics (:func:`mlp_pass`):
-    ``phi``/``phi2`` one per seed; ``q`` (pre-activation second moment), ``mean`` and ``m2``
-    (activation mean and second moment) one list over layers per seed."""
+    """End-to-end φ, φ₂ of SeLU MLPs and their per-layer statistics (:func:`mlp_pass`), each
+    indexed first by width: ``phi``/``phi2`` one per seed (batch means); ``q`` (pre-activation
+    second moment), ``mean`` and ``m2`` (activation mean and second moment) one list over
+    layers per seed; per input b: ``phi_b[w][s][b]`` the end-to-end φ and ``pred_phi[w][s][b]``
+    the product of that network's own block φ's at that input (:func:`realised_composition`);
+    ``act_phi[w][s][l][b]``/``act_phi2`` the SeLU derivative's moments
+    :math:`\\tfrac1n\\sum_i d_i^2`, :math:`\\tfrac1n\\sum_i d_i^4` at layer l and
+    ``q_cond[w][s][l][b]`` the variance of a pre-activation given that layer's input."""
     eps = None if config.eps < 0 else config.eps
-    runs = [mlp_pass(config.width, (config.depth,), "gaussian", "selu", 0.0, 1.0, eps,
-                     config.batch, torch.Generator().manual_seed(config.seed * 1000 + s))
-            for s in range(config.seeds)]
-    return {"phi": [r["phi"][0] for r in runs], "phi2": [r["phi2"][0] for r in runs],
-            "q": [r["q"] for r in runs], "mean": [r["mean"] for r in runs],
-            "m2": [r["m2"] for r in runs]}
+    keys = ("phi", "phi2", "q", "mean", "m2", "phi_b", "pred_phi", "act_phi", "act_phi2", "q_cond")
+    res = {k: [] for k in keys}
+    for width in config.widths:
+        runs = [mlp_pass(width, (config.depth,), "gaussian", "selu", 0.0, 1.0, eps,
+                         config.batch, torch.Generator().manual_seed(config.seed * 1000 + s))
+                for s in range(config.seeds)]
+        for k in ("q", "mean", "m2", "act_phi", "act_phi2", "q_cond"):
+            res[k].append([r[k] for r in runs])
+        for k in ("phi", "phi2", "phi_b"):
+            res[k].append([r[k][0] for r in runs])
+        res["pred_phi"].append([realised_composition(r["block_phi"], r["block_phi2"],
+                                                     (config.depth,))[0, :, 0].tolist()
+                                for r in runs])
+    return {"widths": list(config.widths), **res}
 
 
 @dataclass(frozen=True)
