@@ -96,31 +96,27 @@ def mlp_pass(width: int, depths, init: str = "gaussian", activation: str = "relu
     want = set(depths)
     x = torch.randn(batch, width, generator=gen, dtype=torch.float64)
     jac = torch.eye(width, dtype=torch.float64).expand(batch, width, width)
-    keys = ("phi", "phi2", "q", "mean", "m2", "phi_b", "phi2_b", "block_phi", "block_phi2",
-            "act_phi", "act_phi2", "q_cond")
-    out = {k: [] for k in keys}
+    keys = ("q_cond", "block_phi", "block_phi2", "act_phi", "act_phi2", "q", "mean", "m2")
+    layers = {k: [] for k in keys}  # per layer: tensors, converted once at the end
+    ends = {"phi_b": [], "phi2_b": []}
     for layer in range(1, max(depths) + 1):
         w = _weight(width, init, gain, gen)
-        out["q_cond"].append((gain**2 * x.pow(2).mean(1)).tolist())
+        q_cond = gain**2 * x.pow(2).mean(1)
         h = x @ w.T
         x, d = act(h)
         jac = d.unsqueeze(2) * (w @ jac)
         d2, gram = d * d, w @ w.T
-        out["block_phi"].append(((d2 * gram.diagonal()).sum(1) / width).tolist())
-        out["block_phi2"].append((((d2 @ gram.pow(2)) * d2).sum(1) / width).tolist())
-        out["act_phi"].append(d2.mean(1).tolist())
-        out["act_phi2"].append(d2.pow(2).mean(1).tolist())
-        out["q"].append(h.pow(2).mean().item())
-        out["mean"].append(x.mean().item())
-        out["m2"].append(x.pow(2).mean().item())
+        for k, v in zip(keys, (q_cond, (d2 * gram.diagonal()).sum(1) / width,
+                               ((d2 @ gram.pow(2)) * d2).sum(1) / width, d2.mean(1),
+                               d2.pow(2).mean(1), h.pow(2).mean(), x.mean(), x.pow(2).mean())):
+            layers[k].append(v)
         if layer in want:
             a = jac @ jac.transpose(1, 2)
-            p1 = torch.diagonal(a, dim1=1, dim2=2).sum(1) / width
-            p2 = a.pow(2).sum((1, 2)) / width
-            out["phi"].append(p1.mean().item())
-            out["phi2"].append(p2.mean().item())
-            out["phi_b"].append(p1.tolist())
-            out["phi2_b"].append(p2.tolist())
+            ends["phi_b"].append(torch.diagonal(a, dim1=1, dim2=2).sum(1) / width)
+            ends["phi2_b"].append(a.pow(2).sum((1, 2)) / width)
+    out = {k: torch.stack(v).tolist() for k, v in {**layers, **ends}.items()}
+    out["phi"] = torch.stack(ends["phi_b"]).mean(1).tolist()
+    out["phi2"] = torch.stack(ends["phi2_b"]).mean(1).tolist()
     return out
 
 
