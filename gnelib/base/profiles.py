@@ -84,7 +84,7 @@ SIZES: dict[str, dict[str, dict]] = {
             chain_width=32, chain_depth=100, slope_from=20, gauss_windows=[[5, 20], [50, 100]],
             yang_window=[20, 120], rate_window=[10, 90], e2_layer=10,
             d1_batches=[16, 32, 40, 64, 128], d1_draws=20, g5_width=16, g5_depths=[5, 20, 50, 100],
-            g5_seeds=8),
+            g5_seeds=8, layer_width=64, layer_batch=8, layer_depth=10, layer_draws=64),
         "book": dict(
             mono_width=24, mono_paths=20, mono_steps=200, mc_widths=[4, 8], mc_draws=20000,
             thm3_widths=[8, 32], thm3_draws=4000, local_widths=[16, 32, 64], local_seeds=60,
@@ -92,7 +92,8 @@ SIZES: dict[str, dict[str, dict]] = {
             onestep_draws=10000, chain_width=100, chain_depth=400, slope_from=200,
             gauss_windows=[[5, 50], [50, 200], [200, 500]], yang_window=[20, 140],
             rate_window=[20, 180], e2_layer=10, d1_batches=[16, 32, 40, 64, 128, 256, 512],
-            d1_draws=100, g5_width=32, g5_depths=[5, 20, 50, 100, 200, 500], g5_seeds=8),
+            d1_draws=100, g5_width=32, g5_depths=[5, 20, 50, 100, 200, 500], g5_seeds=8,
+            layer_width=64, layer_batch=8, layer_depth=20, layer_draws=128),
         "full": dict(
             mono_width=24, mono_paths=50, mono_steps=400, mc_widths=[4, 8, 16], mc_draws=100000,
             thm3_widths=[8, 32, 64], thm3_draws=20000, local_widths=[16, 32, 64, 100],
@@ -101,7 +102,8 @@ SIZES: dict[str, dict[str, dict]] = {
             chain_depth=1000, slope_from=500, gauss_windows=[[5, 50], [50, 200], [200, 500], [500, 1000]],
             yang_window=[40, 360], rate_window=[100, 900], e2_layer=10,
             d1_batches=[16, 32, 40, 64, 128, 256, 512], d1_draws=100, g5_width=100,
-            g5_depths=[5, 20, 50, 100, 200, 500, 1000], g5_seeds=10),
+            g5_depths=[5, 20, 50, 100, 200, 500, 1000], g5_seeds=10, layer_width=100,
+            layer_batch=8, layer_depth=50, layer_draws=256),
     },
     # Appendix: using gnelib on your own model.
     "own_model": {
