@@ -281,3 +281,21 @@ def test_backward_gains_of_arms_match_proposition(arm):
     vals = np.array(vals)
     se = vals.std(ddof=1) / math.sqrt(vals.size)
     assert abs(vals.mean() - init_gains(arm, arm_gain(arm, "preserving"), n)[1]) < 4 * se
+
+
+def test_transmission_records_measure_the_two_parts_literally():
+    """y = S x̄ + (y - S x̄): the records' measured paths are the mean squares of the two parts
+    (exact), and at fan-in 8 with i.i.d. inputs they match the predicted paths over seeds."""
+    m = KernelMLP(8, 16, 2, 4, arm="none", gains="preserving", eps=0.0, generator=_gen(77)).double()
+    x = torch.relu(torch.randn(512, 8, generator=_gen(78), dtype=torch.float64))
+    rec = transmission_records(m, x)[0]
+    k = m.kernels()[0][0].double()
+    shift_part = x.mean(1, keepdim=True) * k.sum(1)
+    centred_part = x @ k.T - shift_part
+    assert rec["shift_measured"] == pytest.approx(shift_part.pow(2).mean().item(), rel=1e-12)
+    assert rec["centred_measured"] == pytest.approx(centred_part.pow(2).mean().item(), rel=1e-12)
+    from gnelib.runs.pws import transmission_split_draws
+    d = transmission_split_draws(8, 512, 12)
+    for path in ("centred", "shift"):
+        r = d[f"{path}_measured"] / d[path]
+        assert abs(r.mean() - 1) < 4 * r.std(ddof=1) / math.sqrt(r.size)
