@@ -27,7 +27,7 @@ SIZES: dict[str, dict[str, dict]] = {
     # Chapter 1: a first look (the probe's error model, computed inline).
     "first_look": {
         "smoke": dict(se_width=96, se_batch=4, se_probes=16, se_reps=128),
-        "book": dict(se_width=256, se_batch=8, se_probes=32, se_reps=1280),
+        "book": dict(se_width=256, se_batch=8, se_probes=32, se_reps=1600),
         "full": dict(se_width=512, se_batch=8, se_probes=64, se_reps=2048),
     },
     # Chapter 2: block dynamical isometry (Chen et al.).
