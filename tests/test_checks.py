@@ -338,3 +338,21 @@ def test_exceeds_passes_only_when_the_effect_is_detected():
     with pytest.raises(AssertionError):
         C.check("decay per layer < 0", prediction=0.0, estimate=0.01, se=0.005, kind="below")
     assert C.check("decay per layer < 0", prediction=0.0, estimate=-0.05, se=0.005, kind="below").passed
+
+
+def test_jackknife_of_the_mean_is_the_usual_standard_error_and_removes_a_ratio_bias():
+    from gnelib.book import jackknife
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=40)
+    est, se = jackknife(x, np.mean)
+    assert est == pytest.approx(x.mean()) and se == pytest.approx(x.std(ddof=1) / math.sqrt(40))
+    # a ratio of means: the jackknife removes its O(1/S) bias on average over many draws
+    est_all, plain_all = [], []
+    for _ in range(2000):
+        v = rng.exponential(size=(6, 2)) + np.array([0.5, 0.2])
+        plain_all.append(v[:, 0].mean() / v[:, 1].mean())
+        est_all.append(jackknife(v, lambda w: w[:, 0].mean() / w[:, 1].mean())[0])
+    truth = 1.5 / 1.2
+    assert abs(np.mean(est_all) - truth) < abs(np.mean(plain_all) - truth) / 3
+    with pytest.raises(ValueError, match="at least 3"):
+        jackknife([1.0, 2.0], np.mean)

@@ -239,6 +239,33 @@ def test_centred_forward_gain_carries_its_finite_width_factor():
     assert abs(vals.mean() - init_gains("centre", arm_gain("centre", "decaying"), math.inf)[0]) > 4 * se
 
 
+def test_standardised_forward_gain_is_exact_at_small_width():
+    """At width 4 the WS/PWS forward gain E q_(l+1) / E q_l is ws_relu_forward_gain(4) =
+    0.917 (1 - 1/pi), not 1 - 1/pi (pre-activations are coordinates of a sphere, not
+    Gaussians): the ratio of means over seeds (jackknife), within 4 SE of the finite-n value and
+    more than 4 SE from the n -> inf value."""
+    from gnelib.book import jackknife
+    from gnelib.theory.variance import ws_relu_forward_gain
+    n, qs = 4, []
+    for s in range(512):
+        m = KernelMLP(64, n, 10, 10, arm="pws", gains="preserving", eps=0.0, generator=_gen(9000 + s))
+        qs.append(backward_forward_gains(m, torch.randn(128, 64, generator=_gen(9500 + s)), _gen(9900 + s))["q"][0])
+    a2 = arm_gain("pws", "preserving") ** 2
+    est, se = jackknife(np.array(qs), lambda q: np.mean(q[:, 2:].mean(0) / q[:, 1:-1].mean(0)) / a2)
+    assert abs(est - ws_relu_forward_gain(n)) < 4 * se
+    assert abs(est - (1 - 1 / math.pi)) > 4 * se
+
+
+def test_ws_forward_gain_limits():
+    from gnelib.theory.variance import ws_relu_forward_gain
+    assert ws_relu_forward_gain(2) == pytest.approx(0.5)  # rows ±(1, -1): |x| is the whole scale
+    assert ws_relu_forward_gain(math.inf) == pytest.approx(1 - 1 / math.pi)
+    m = 10_000
+    assert ws_relu_forward_gain(m + 1) == pytest.approx(1 - (1 + 1 / (2 * m)) / math.pi, rel=1e-7)
+    with pytest.raises(ValueError, match="n must be"):
+        ws_relu_forward_gain(1)
+
+
 @pytest.mark.parametrize("arm", ["wn", "none"])
 def test_backward_gains_of_arms_match_proposition(arm):
     """Backward gains at initialisation, pooled over seeds, against init_gains (4 SE) at
@@ -254,3 +281,21 @@ def test_backward_gains_of_arms_match_proposition(arm):
     vals = np.array(vals)
     se = vals.std(ddof=1) / math.sqrt(vals.size)
     assert abs(vals.mean() - init_gains(arm, arm_gain(arm, "preserving"), n)[1]) < 4 * se
+
+
+def test_transmission_records_measure_the_two_parts_literally():
+    """y = S x̄ + (y - S x̄): the records' measured paths are the mean squares of the two parts
+    (exact), and at fan-in 8 with i.i.d. inputs they match the predicted paths over seeds."""
+    m = KernelMLP(8, 16, 2, 4, arm="none", gains="preserving", eps=0.0, generator=_gen(77)).double()
+    x = torch.relu(torch.randn(512, 8, generator=_gen(78), dtype=torch.float64))
+    rec = transmission_records(m, x)[0]
+    k = m.kernels()[0][0].double()
+    shift_part = x.mean(1, keepdim=True) * k.sum(1)
+    centred_part = x @ k.T - shift_part
+    assert rec["shift_measured"] == pytest.approx(shift_part.pow(2).mean().item(), rel=1e-12)
+    assert rec["centred_measured"] == pytest.approx(centred_part.pow(2).mean().item(), rel=1e-12)
+    from gnelib.runs.pws import transmission_split_draws
+    d = transmission_split_draws(8, 512, 12)
+    for path in ("centred", "shift"):
+        r = d[f"{path}_measured"] / d[path]
+        assert abs(r.mean() - 1) < 4 * r.std(ddof=1) / math.sqrt(r.size)

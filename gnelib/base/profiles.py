@@ -27,8 +27,8 @@ SIZES: dict[str, dict[str, dict]] = {
     # Chapter 1: a first look (the probe's error model, computed inline).
     "first_look": {
         "smoke": dict(se_width=96, se_batch=4, se_probes=16, se_reps=128),
-        "book": dict(se_width=256, se_batch=8, se_probes=32, se_reps=256),
-        "full": dict(se_width=512, se_batch=8, se_probes=64, se_reps=512),
+        "book": dict(se_width=256, se_batch=8, se_probes=32, se_reps=1600),
+        "full": dict(se_width=512, se_batch=8, se_probes=64, se_reps=2048),
     },
     # Chapter 2: block dynamical isometry (Chen et al.).
     "bdi": {  # inline sizes only; the registered runs' sizes live in gnelib/runs/bdi.py
@@ -51,7 +51,8 @@ SIZES: dict[str, dict[str, dict]] = {
                       chain_samples=256, share_ns=(2, 4, 8), share_draws=200000,
                       grad_fan_in=576, grad_filters=4096, grad_samples=256,
                       pws_chain_width=128, pws_chain_depth=10, pws_chain_samples=512,
-                      pws_chain_seeds=4, gain_widths=(16, 64), gain_seeds=5, gain_batch=256,
+                      pws_chain_seeds=4, gain_widths=(16, 64), gain_seeds=64, gain_batch=256,
+                      split_n=8, split_batch=1024, split_seeds=16,
                       trace_lr=0.45, trace_seeds=4, bs_seeds=2, bs_batches=(2, 8, 32, 128),
                       conv_seeds=2, speed_batch=16, speed_size=16, speed_width=32,
                       speed_depth=4),
@@ -59,7 +60,8 @@ SIZES: dict[str, dict[str, dict]] = {
                      chain_samples=256, share_ns=(2, 4, 8), share_draws=1000000,
                      grad_fan_in=576, grad_filters=4096, grad_samples=256,
                      pws_chain_width=256, pws_chain_depth=20, pws_chain_samples=2048,
-                     pws_chain_seeds=8, gain_widths=(32, 128), gain_seeds=8, gain_batch=512,
+                     pws_chain_seeds=8, gain_widths=(32, 128), gain_seeds=128, gain_batch=256,
+                     split_n=8, split_batch=1024, split_seeds=32,
                      trace_lr=0.45, trace_seeds=12, bs_seeds=3, bs_batches=(2, 8, 32, 128),
                      conv_seeds=3, speed_batch=64, speed_size=32, speed_width=32,
                      speed_depth=6),
@@ -67,7 +69,8 @@ SIZES: dict[str, dict[str, dict]] = {
                      chain_samples=1024, share_ns=(2, 4, 8, 16), share_draws=4000000,
                      grad_fan_in=576, grad_filters=8192, grad_samples=1024,
                      pws_chain_width=512, pws_chain_depth=30, pws_chain_samples=4096,
-                     pws_chain_seeds=16, gain_widths=(32, 256), gain_seeds=16, gain_batch=1024,
+                     pws_chain_seeds=16, gain_widths=(32, 256), gain_seeds=256, gain_batch=1024,
+                     split_n=8, split_batch=4096, split_seeds=64,
                      trace_lr=0.45, trace_seeds=10, bs_seeds=5, bs_batches=(2, 8, 32, 128),
                      conv_seeds=5, speed_batch=64, speed_size=32, speed_width=64,
                      speed_depth=8),
@@ -81,7 +84,7 @@ SIZES: dict[str, dict[str, dict]] = {
             chain_width=32, chain_depth=100, slope_from=20, gauss_windows=[[5, 20], [50, 100]],
             yang_window=[20, 120], rate_window=[10, 90], e2_layer=10,
             d1_batches=[16, 32, 40, 64, 128], d1_draws=20, g5_width=16, g5_depths=[5, 20, 50, 100],
-            g5_seeds=8),
+            g5_seeds=8, layer_width=64, layer_batch=8, layer_depth=10, layer_draws=64),
         "book": dict(
             mono_width=24, mono_paths=20, mono_steps=200, mc_widths=[4, 8], mc_draws=20000,
             thm3_widths=[8, 32], thm3_draws=4000, local_widths=[16, 32, 64], local_seeds=60,
@@ -89,7 +92,8 @@ SIZES: dict[str, dict[str, dict]] = {
             onestep_draws=10000, chain_width=100, chain_depth=400, slope_from=200,
             gauss_windows=[[5, 50], [50, 200], [200, 500]], yang_window=[20, 140],
             rate_window=[20, 180], e2_layer=10, d1_batches=[16, 32, 40, 64, 128, 256, 512],
-            d1_draws=100, g5_width=32, g5_depths=[5, 20, 50, 100, 200, 500], g5_seeds=8),
+            d1_draws=100, g5_width=32, g5_depths=[5, 20, 50, 100, 200, 500], g5_seeds=8,
+            layer_width=64, layer_batch=8, layer_depth=20, layer_draws=128),
         "full": dict(
             mono_width=24, mono_paths=50, mono_steps=400, mc_widths=[4, 8, 16], mc_draws=100000,
             thm3_widths=[8, 32, 64], thm3_draws=20000, local_widths=[16, 32, 64, 100],
@@ -98,7 +102,8 @@ SIZES: dict[str, dict[str, dict]] = {
             chain_depth=1000, slope_from=500, gauss_windows=[[5, 50], [50, 200], [200, 500], [500, 1000]],
             yang_window=[40, 360], rate_window=[100, 900], e2_layer=10,
             d1_batches=[16, 32, 40, 64, 128, 256, 512], d1_draws=100, g5_width=100,
-            g5_depths=[5, 20, 50, 100, 200, 500, 1000], g5_seeds=10),
+            g5_depths=[5, 20, 50, 100, 200, 500, 1000], g5_seeds=10, layer_width=100,
+            layer_batch=8, layer_depth=50, layer_draws=256),
     },
     # Appendix: using gnelib on your own model.
     "own_model": {

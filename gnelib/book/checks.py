@@ -39,7 +39,7 @@ import numpy as np
 from scipy import optimize, special, stats
 
 __all__ = ["CheckResult", "check", "checks_table", "reset_checks", "ledger", "bootstrap_se",
-           "ratio_se", "extrapolate_inverse_width", "KINDS"]
+           "ratio_se", "jackknife", "extrapolate_inverse_width", "KINDS"]
 
 KINDS = ("two-sided", "upper", "lower", "exceeds", "below", "exact", "joint")
 POWER = 0.8  # the detection probability the reported deviation refers to
@@ -502,6 +502,21 @@ def bootstrap_se(values, stat=np.mean, n_boot: int = 2000, seed: int = 0) -> flo
     idx = rng.integers(0, v.shape[0], size=(n_boot, v.shape[0]))
     boots = np.array([stat(v[i]) for i in idx], dtype=float)
     return float(boots.std(axis=0, ddof=1)) if boots.ndim == 1 else boots.std(axis=0, ddof=1)
+
+
+def jackknife(values, stat) -> tuple[float, float]:
+    """Leave-one-out jackknife of a smooth statistic of the draws (rows, axis 0) of ``values``
+    (Efron & Stein): ``(estimate, se)``, the bias-corrected estimate
+    :math:`S\\hat\\theta-(S-1)\\bar\\theta_{(\\cdot)}` (its O(1/S) bias removed, e.g. that of a
+    ratio of means) and :math:`\\sqrt{\\tfrac{S-1}S\\sum_i(\\hat\\theta_{(i)}-\\bar\\theta_{(\\cdot)})^2}`.
+    ``stat`` maps an array of draws to a number."""
+    v = np.asarray(values, dtype=float)
+    if v.ndim == 0 or v.shape[0] < 3:
+        raise ValueError("values must hold at least 3 draws along axis 0")
+    S = v.shape[0]
+    full = float(stat(v))
+    loo = np.array([float(stat(np.delete(v, i, axis=0))) for i in range(S)])
+    return S * full - (S - 1) * float(loo.mean()), math.sqrt((S - 1) / S * float(((loo - loo.mean()) ** 2).sum()))
 
 
 def ratio_se(a: float, a_se: float, b: float, b_se: float, cov_ab: float = 0.0) -> float:

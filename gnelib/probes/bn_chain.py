@@ -31,7 +31,7 @@ from gnelib.probes.isometry import haar_orthogonal, isometry_gaps, min_eigenvalu
 __all__ = ["stack_weights", "bn_forward", "log_grad_norms_at_depths", "layer_log_grad_norms",
            "representation_gaps",
            "log_grad_norm_vs_depth", "layer_gradient_profile", "bn_chain_gaps", "bn_inputs",
-           "torch_threads"]
+           "torch_threads", "layer_output_moments"]
 
 MEMORY_BUDGET = 1.5e9  # bytes of activations kept for the backward pass, per chunk
 
@@ -297,3 +297,28 @@ def representation_gaps(depths, width: int = 32, batch: int = 32, *, init: str =
         hs = bn_forward(x, weights, norm=norm, activation=activation,
                         gains=layer_gains(max(depths), gain_exponent))
     return np.stack([isometry_gaps(hs[L - 1].transpose(-1, -2)) for L in depths], 1)
+
+
+def layer_output_moments(width: int, batch: int, depth: int, activation: str = "tanh",
+                         gain_exponent: float = 0.0, norm: str = "torch", draws: int = 64,
+                         seed: int = 0, init: str = "orthogonal", dtype=torch.float64) -> np.ndarray:
+    """Every layer ℓ = 1..``depth`` of the BN MLP of eq. (11) (square layers of ``width``,
+    gains :func:`~gnelib.nn.batchnorm.layer_gains`), each fed its own batch of ``batch``
+    i.i.d. standard Gaussian vectors: the mean square of :math:`\sigma(\alpha_\ell
+    \mathrm{Bn}(W_\ell X))` over the batch and the units, per draw; ``(draws, depth)``.
+    A feature of :math:`W_\ell X` is then ``batch`` i.i.d. Gaussians, so the prediction is
+    :func:`~gnelib.theory.bn_rates.bn_output_second_moment` at :math:`\alpha_\ell`.
+
+    Used in: BN chapter, section "Non-linear activations and activation shaping"."""
+    for name, v in (("width", width), ("batch", batch), ("depth", depth), ("draws", draws)):
+        check_positive_int(name, v)
+    _check_net(norm, activation, "norm_act")
+    gen = torch.Generator().manual_seed(int(seed))
+    weights, _ = stack_weights(draws, width, width, depth, 1, init, gen, dtype)
+    gains = layer_gains(depth, gain_exponent)
+    out = []
+    for w, a in zip(weights, gains):
+        x = torch.randn(draws, batch, width, generator=gen, dtype=dtype)
+        (h,) = bn_forward(x, [w], norm=norm, activation=activation, gains=[a])
+        out.append(h.pow(2).mean((1, 2)))
+    return torch.stack(out, 1).cpu().numpy()

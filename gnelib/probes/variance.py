@@ -127,7 +127,11 @@ def transmission_records(model: nn.Module, x: torch.Tensor, replica: int = 0) ->
     (:func:`~gnelib.theory.variance.transmission_terms`), ``bias`` = mean over filters of
     b_k² + 2 b_k μ S_k, and ``q`` the measured mean of the squared pre-activations (their
     sum is its prediction when the input entries are uncorrelated, with a common mean and
-    variance). Also ``mean_S2``, ``n_v``, ``mu2``, ``sigma2``.
+    variance). Also ``mean_S2``, ``n_v``, ``mu2``, ``sigma2``, and the two paths measured
+    literally, from :math:`y_k = S_k\\bar x + \\sum_j K_{kj}(x_j-\\bar x)` with :math:`\\bar x`
+    each sample's mean over the units: ``shift_measured`` the mean square of
+    :math:`S_k\\bar x`, ``centred_measured`` that of the rest (each path's prediction is its
+    expectation over i.i.d. input entries; the mean cross term is not recorded).
 
     Used in: PWS chapter, section "What grows first"."""
     with torch.no_grad():
@@ -144,10 +148,13 @@ def transmission_records(model: nn.Module, x: torch.Tensor, replica: int = 0) ->
             v_bar = k.var(1, unbiased=False).mean().item()
             s2 = s.pow(2).mean().item()
             centred, shift = transmission_terms(n, v_bar, s2, sigma2, mu * mu)
+            xbar = xin.mean(1, keepdim=True)
             recs.append({"depth": depth, "n": n, "centred": float(centred), "shift": float(shift),
                          "bias": (b.pow(2) + 2 * b * mu * s).mean().item(),
                          "q": y.pow(2).mean().item(), "mean_S2": s2, "n_v": n * v_bar,
-                         "mu2": mu * mu, "sigma2": sigma2})
+                         "mu2": mu * mu, "sigma2": sigma2,
+                         "shift_measured": (xbar * s).pow(2).mean().item(),
+                         "centred_measured": ((xin - xbar) @ k.T).pow(2).mean().item()})
     return recs
 
 
@@ -242,7 +249,8 @@ def backward_forward_gains(model: nn.Module, x: torch.Tensor,
     replica): ``forward`` :math:`q_l/q_{l-1}` of the pre-activation second moments and
     ``backward`` :math:`E[g_{l}^2]/E[g_{l+1}^2]` of the gradients with respect to the
     pre-activations, for the loss :math:`\\sum r\\cdot\\text{logits}` with Gaussian r; arrays
-    (replicas, depth - 1), layer pairs in order.
+    (replicas, depth - 1), layer pairs in order; and the second moments themselves, ``q`` and
+    ``gg`` (replicas, depth).
 
     Used in: PWS chapter, section "Equal footing"."""
     g = generator if generator is not None else torch.Generator().manual_seed(0)
@@ -254,7 +262,8 @@ def backward_forward_gains(model: nn.Module, x: torch.Tensor,
     q = torch.stack([y.detach().double().pow(2).mean((1, 2)) for y in pre], 1)
     gg = torch.stack([y.grad.double().pow(2).mean((1, 2)) for y in pre], 1)
     model.zero_grad(set_to_none=True)
-    return {"forward": (q[:, 1:] / q[:, :-1]).numpy(), "backward": (gg[:, :-1] / gg[:, 1:]).numpy()}
+    return {"forward": (q[:, 1:] / q[:, :-1]).numpy(), "backward": (gg[:, :-1] / gg[:, 1:]).numpy(),
+            "q": q.numpy(), "gg": gg.numpy()}
 
 
 def pws_chain_records(width: int, depth: int, n_samples: int, alpha: float = 1.0,

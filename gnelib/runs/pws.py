@@ -34,7 +34,7 @@ from gnelib.runs.registry import Config, param, register
 __all__ = ["ArmMLPConfig", "StabilityConfig", "CollapseConfig", "BatchSizeConfig", "ConvNetConfig",
            "pws_stability", "pws_collapse", "pws_batch_size", "pws_convnet", "LR_GRID",
            "HEADS", "BATCH_SIZE_NORMS", "CONVNET_ARMS", "largest_stable_lr", "head_std",
-           "train_replicas", "init_gain_draws", "LR_GRID_FINE", "block_seeds"]
+           "train_replicas", "init_gain_draws", "transmission_split_draws", "LR_GRID_FINE", "block_seeds"]
 
 #: The learning-rate grid of the stability sweep: 0.005 to 0.64 in steps of 2.
 LR_GRID = (0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64)
@@ -452,13 +452,37 @@ def pws_convnet(config: ConvNetConfig, device="cpu") -> dict:
 
 # --------------------------------------------------------------------------- inline helpers
 
+def transmission_split_draws(n: int, batch: int, seeds: int, width: int = 64) -> dict:
+    """Theorem ``pws-transmission`` (a) where its hypothesis holds exactly: the first layer
+    (fan-in ``n``, He weights, the plain arm of :class:`~gnelib.nn.kernelmlp.KernelMLP`) fed
+    ``batch`` inputs whose entries are i.i.d. ReLUs of standard Gaussians, one network and
+    batch per seed. Returns per-seed arrays of the two paths as
+    :func:`~gnelib.probes.variance.transmission_records` predicts them (``centred``,
+    ``shift``) and as measured (``centred_measured``, ``shift_measured``).
+
+    Used in: PWS chapter, section "What grows first"."""
+    from gnelib.nn.kernelmlp import KernelMLP
+    from gnelib.probes.variance import transmission_records
+
+    keys = ("centred", "shift", "centred_measured", "shift_measured")
+    out = {k: [] for k in keys}
+    for s in range(seeds):
+        g = torch.Generator().manual_seed(20_000 + s)
+        m = KernelMLP(n, width, 1, 10, arm="none", gains="preserving", eps=0.0, generator=g)
+        rec = transmission_records(m, torch.relu(torch.randn(batch, n, generator=g)))[0]
+        for k in keys:
+            out[k].append(rec[k])
+    return {k: np.array(v) for k, v in out.items()}
+
+
 def init_gain_draws(width: int, depth: int, batch: int, seeds: int, in_dim: int = 64,
                     families=GAIN_FAMILIES, arms=ARMS) -> dict:
     """Per-layer forward and backward gains at initialisation of
     :class:`~gnelib.nn.kernelmlp.KernelMLP` (epsilon 0) for every arm and gain family,
     measured with :func:`~gnelib.probes.variance.backward_forward_gains` on ``batch`` Gaussian
     inputs: ``{(family, arm): {"forward": per-seed mean ratio over layers 2.., "backward":
-    per-seed mean ratio over the layer pairs}}`` (arrays of ``seeds`` values).
+    per-seed mean ratio over the layer pairs, "q": (seeds, depth) pre-activation second
+    moments}}`` (arrays of ``seeds`` values).
 
     Used in: PWS chapter, section "Equal footing"."""
     from gnelib.nn.kernelmlp import KernelMLP
@@ -467,12 +491,13 @@ def init_gain_draws(width: int, depth: int, batch: int, seeds: int, in_dim: int 
     out = {}
     for fam in families:
         for arm in arms:
-            fw, bw = [], []
+            fw, bw, q = [], [], []
             for s in range(seeds):
                 g = torch.Generator().manual_seed(10_000 + s)
                 m = KernelMLP(in_dim, width, depth, 10, arm=arm, gains=fam, eps=0.0, generator=g)
                 r = backward_forward_gains(m, torch.randn(batch, in_dim, generator=g), g)
                 fw.append(float(r["forward"][0, 1:].mean()))
                 bw.append(float(r["backward"][0].mean()))
-            out[fam, arm] = {"forward": np.array(fw), "backward": np.array(bw)}
+                q.append(r["q"][0])
+            out[fam, arm] = {"forward": np.array(fw), "backward": np.array(bw), "q": np.array(q)}
     return out

@@ -9,7 +9,7 @@ import numpy as np
 
 from gnelib.base.errors import check_positive_int
 
-__all__ = ["paper_local_rate", "yang_rate", "gaussian_gap_rate"]
+__all__ = ["paper_local_rate", "yang_rate", "gaussian_gap_rate", "bn_output_second_moment"]
 
 
 def paper_local_rate(width: int) -> float:
@@ -39,3 +39,45 @@ def gaussian_gap_rate(width: int) -> float:
     d = check_positive_int("width", width)
     k = np.arange(1, d + 1)
     return float(np.mean(np.log(d) - np.log(2) - digamma(k / 2)))
+
+
+_ACTS = {"identity": lambda x: x, "tanh": np.tanh, "sin": np.sin,
+         "relu": lambda x: np.maximum(x, 0.0)}
+
+
+def bn_output_second_moment(activation: str, alpha: float, batch: int, centred: bool = True) -> float:
+    r""":math:`E\,\sigma(\alpha z)^2` for one entry :math:`z` of a feature of ``batch`` i.i.d.
+    Gaussians after a batch normalisation to unit mean square: standard BN (``centred``:
+    subtract the batch mean, divide by the biased batch standard deviation, epsilon 0) or
+    the paper's Bn with factor :math:`\sqrt n` (not centred). The normalised feature is
+    :math:`\sqrt m` times a uniform point of the unit sphere of an m-dimensional space
+    (:math:`m=n-1`, the mean-zero subspace, when centred; :math:`m=n` otherwise), so
+    :math:`z=\sqrt m\,t` with density :math:`\propto(1-t^2)^{(m-3)/2}` on [-1, 1]: bounded by
+    :math:`\sqrt m`, Gaussian only as the batch grows. Ours (the classical law of a
+    standardised Gaussian sample); used in: BN chapter, section "Non-linear activations and
+    activation shaping", to test each shaped layer."""
+    from scipy import integrate
+
+    if activation not in _ACTS:
+        raise ValueError(f"activation must be one of {', '.join(_ACTS)}, got {activation!r}")
+    n = check_positive_int("batch", batch, minimum=2)
+    m = n - 1 if centred else n
+    f = _ACTS[activation]
+
+    def even(x):  # E g(z) = E (g(z) + g(-z)) / 2 for the symmetric law of z
+        return 0.5 * (f(alpha * x) ** 2 + f(-alpha * x) ** 2)
+
+    if m == 1:
+        return float(even(1.0))
+    log_norm = math.lgamma(m / 2) - math.lgamma((m - 1) / 2) - 0.5 * math.log(math.pi)
+    root, a = math.sqrt(m), (m - 3) / 2
+    if m <= 3:  # an integrable endpoint singularity (m = 2): quad's algebraic weight
+        val, _ = integrate.quad(lambda t: even(root * t) * (1 + t) ** a, 0.0, 1.0,
+                                weight="alg", wvar=(0.0, a), epsabs=1e-13, epsrel=1e-11)
+        return float(2 * math.exp(log_norm) * val)
+    # in z = sqrt(m) t, the density (1 - z^2/m)^a / sqrt(m) in log space (no overflow for large m)
+    top = min(root, 60.0)
+    val, _ = integrate.quad(lambda z: even(z) * math.exp(log_norm + a * math.log1p(-min(z * z / m, 1.0))
+                                                         - math.log(root)) if z < root else 0.0,
+                            0.0, top, epsabs=1e-13, epsrel=1e-11, limit=200)
+    return float(2 * val)

@@ -14,7 +14,8 @@ import numpy as np
 
 __all__ = ["relu_moments", "mean_path_share", "random_weight_second_moment",
            "transmitted_second_moment", "transmission_terms", "shift_gain", "MEAN_PATH_SHARE", "pws_relu_gain",
-           "pws_gain", "holding_alpha", "bn_ws_correlation", "init_gains"]
+           "pws_gain", "holding_alpha", "bn_ws_correlation", "init_gains",
+           "ws_relu_forward_gain"]
 
 #: Share of a ReLU output's second moment carried by its mean, mu^2/E[x^2] = 1/pi (eq. relu-moments).
 MEAN_PATH_SHARE = 1.0 / math.pi
@@ -105,23 +106,46 @@ def bn_ws_correlation(v, m):
 
 
 
+def ws_relu_forward_gain(n):
+    r"""Forward gain of a ReLU chain of weight-standardised layers of fan-in n and filter norm
+    :math:`\sqrt2` (rows uniform on the sphere of the mean-zero subspace), exact in
+    expectation at every n: :math:`1-\tfrac{m}{2}\,(E|u|)^2` with :math:`m=n-1` and
+    :math:`E|u|=\Gamma(m/2)/(\sqrt\pi\,\Gamma((m+1)/2))` the mean absolute coordinate of a
+    uniform unit vector in :math:`\mathbb R^m`. (Given the previous layer, the
+    pre-activations are i.i.d. but not Gaussian: a coordinate of a point on a sphere; the
+    ReLU output's variance is :math:`s^2/2-(E|x|)^2/4`, and the next standardised row keeps
+    :math:`2/m` times its sum of squared deviations.) Tends to :math:`1-1/\pi` from below,
+    as :math:`1-\tfrac1\pi(1+\tfrac1{2m})+O(m^{-2})`; ``n`` may be ``math.inf``. Ours;
+    used in: PWS chapter, section "Equal footing"."""
+    if math.isinf(n):
+        return np.float64(1 - 1 / np.pi)
+    if n < 2 or int(n) != n:
+        raise ValueError(f"n must be an integer >= 2, got {n!r}")
+    m = int(n) - 1
+    e_abs = math.exp(math.lgamma(m / 2) - math.lgamma((m + 1) / 2)) / math.sqrt(math.pi)
+    return np.float64(1 - m * e_abs**2 / 2)
+
+
 def init_gains(arm: str, a: float, n: int) -> tuple[float, float]:
     """Per-layer gains at initialisation of a deep ReLU chain of square layers of width n
     whose kernels are those of arm ``arm`` with gain parameter ``a`` (the arms of
     :mod:`gnelib.nn.kernelmlp`; bias 0, epsilon 0): ``(forward, backward)``, the factors by
     which the second moment of the pre-activations and of their gradients change per layer.
 
-    Forward: He weights times a keep both paths, :math:`a^2`; centring keeps the centred path,
-    :math:`a^2(1-1/\\pi)(n-1)/n`; WS/PWS :math:`a^2(1-1/\\pi)` (:func:`pws_relu_gain`); WN
-    (filter norm a, not centred) :math:`a^2/2`; ``n`` may be ``math.inf``. Backward: the gradient is zero-mean, so only
-    the squared kernel entries count, :math:`\\tfrac n2\\,\\overline{K^2}`: :math:`a^2`,
-    :math:`a^2(n-1)/n`, :math:`a^2`, :math:`a^2/2`. Used in: PWS chapter, section "Equal
-    footing"."""
+    Forward, exact at every finite n in expectation: He weights times a keep both paths,
+    :math:`a^2`; centring keeps the centred path, :math:`a^2(1-1/\\pi)(n-1)/n`; WN (filter
+    norm a, not centred) :math:`a^2/2`; WS/PWS :func:`ws_relu_forward_gain`, which tends to
+    :math:`a^2(1-1/\\pi)` (:func:`pws_relu_gain`); ``n`` may be ``math.inf``. Backward: the
+    gradient is zero-mean, so only the squared kernel entries count,
+    :math:`\\tfrac n2\\,\\overline{K^2}`: :math:`a^2`, :math:`a^2(n-1)/n`, :math:`a^2`,
+    :math:`a^2/2` (the standardised arms' O(1/n) backward term is not included). Used in: PWS
+    chapter, section "Equal footing"."""
     r2 = 1 - 1 / np.pi
     a2 = float(a) ** 2
     fin = 1.0 if math.isinf(n) else (n - 1) / n
+    ws = a2 * float(ws_relu_forward_gain(n))
     table = {"none": (a2, a2), "centre": (a2 * r2 * fin, a2 * fin),
-             "ws": (a2 * r2, a2), "pws": (a2 * r2, a2), "wn": (a2 / 2, a2 / 2)}
+             "ws": (ws, a2), "pws": (ws, a2), "wn": (a2 / 2, a2 / 2)}
     if arm not in table:
         raise ValueError(f"arm must be one of {', '.join(table)}, got {arm!r}")
     return table[arm]
