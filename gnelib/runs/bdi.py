@@ -348,7 +348,7 @@ class MLPMomentsConfig(Config):
 
 @register("bdi_mlp_moments", MLPMomentsConfig,
           profiles={"smoke": dict(widths=(32, 64), depths=(1, 2, 4, 8), seeds=96),
-                    "book": dict(widths=(128, 256), depths=(1, 2, 4, 8), seeds=48),
+                    "book": dict(widths=(128, 256), depths=(1, 2, 4, 8), seeds=56),
                     "full": dict(widths=(256, 512), depths=(1, 2, 4, 8, 16, 32), seeds=64)})
 def bdi_mlp_moments(config: MLPMomentsConfig) -> dict:
     """Exact φ(JJᵀ) and φ((JJᵀ)²) of deep MLPs' input-output Jacobians (:func:`mlp_pass`), to
