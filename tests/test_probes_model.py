@@ -202,6 +202,13 @@ def test_probes_run_in_chunks_within_the_budget(monkeypatch):
     assert "chunks" in pm.format_table(small)
     for a, b in zip(whole.blocks, small.blocks):  # same estimator, fewer probes at a time
         assert abs(a.phi - b.phi) <= 4 * math.hypot(a.phi_se, b.phi_se)
+        # the combined record keeps every field in place (a positional slip once put phi2's
+        # standard error where phi's belongs): same sizes, standard errors of the same size
+        assert (b.n_in, b.n_out) == (a.n_in, a.n_out)
+        assert 0.6 < b.phi_se / a.phi_se < 1.6 and 0.6 < b.rv_se / a.rv_se < 1.6
+    e, f = whole.end_to_end, small.end_to_end
+    assert (f.n_in, f.n_out, f.aspect, f.probes) == (e.n_in, e.n_out, e.aspect, 48)
+    assert 0.6 < f.phi1_se / e.phi1_se < 1.6 and 0.6 < f.phi2_se / e.phi2_se < 1.6
     with pytest.raises(pm.ProbeError, match="two probes at a time") as err:
         pm.probe_model(model, x, probes=8, max_memory=1000)
     assert err.value.argument == "memory"

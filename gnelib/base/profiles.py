@@ -108,11 +108,14 @@ SIZES: dict[str, dict[str, dict]] = {
     # Appendix: using gnelib on your own model.
     "own_model": {
         "smoke": dict(hw=8, batch=2, width=16, depth=6, probes=16, seeds=2,
-                      mlp_width=512, mlp_depth=6, mlp_batch=8),
-        "book": dict(hw=16, batch=4, width=16, depth=8, probes=32, seeds=4,
-                     mlp_width=512, mlp_depth=16, mlp_batch=16),
-        "full": dict(hw=32, batch=8, width=64, depth=16, probes=64, seeds=8,
-                     mlp_width=1024, mlp_depth=32, mlp_batch=32),
+                      mlp_width=512, mlp_depth=6, mlp_batch=8, mlp_probes=32, mlp_widths=(256, 512), mlp_seeds=8,
+                      se_sets=256, se_probes=8),
+        "book": dict(hw=16, batch=4, width=16, depth=8, probes=32, seeds=8,
+                     mlp_width=512, mlp_depth=16, mlp_batch=16, mlp_probes=64, mlp_widths=(256, 512), mlp_seeds=20,
+                     se_sets=1280, se_probes=8),
+        "full": dict(hw=32, batch=8, width=64, depth=16, probes=64, seeds=16,
+                     mlp_width=1024, mlp_depth=32, mlp_batch=32, mlp_probes=128, mlp_widths=(512, 1024), mlp_seeds=16,
+                     se_sets=2048, se_probes=16),
     },
 }
 

@@ -677,10 +677,12 @@ def _chunked_moments(f, x, probes, generator, budget, what, n_out):
     parts = [jacobian_moments(f, x, probes=s, generator=generator) for s in sizes]
     w = [s / probes for s in sizes]
     return JacobianMoments(
-        sum(wi * p.phi1 for wi, p in zip(w, parts)), sum(wi * p.phi2 for wi, p in zip(w, parts)),
-        math.sqrt(sum((wi * p.phi1_se) ** 2 for wi, p in zip(w, parts))),
-        math.sqrt(sum((wi * p.phi2_se) ** 2 for wi, p in zip(w, parts))),
-        parts[0].n_in, parts[0].n_out, probes), k
+        phi1=sum(wi * p.phi1 for wi, p in zip(w, parts)),
+        phi2=sum(wi * p.phi2 for wi, p in zip(w, parts)), aspect=parts[0].aspect,
+        phi1_se=math.sqrt(sum((wi * p.phi1_se) ** 2 for wi, p in zip(w, parts))),
+        phi2_se=math.sqrt(sum((wi * p.phi2_se) ** 2 for wi, p in zip(w, parts))),
+        n_in=parts[0].n_in, n_out=parts[0].n_out, probes=sum(p.probes for p in parts),
+        method=parts[0].method), k
 
 
 def _measure(f, x, probes, generator, budget, what, n_out):
