@@ -201,12 +201,8 @@ class _Operator:
         return torch.cat([self._forward_chunk(c) for c in v.split(self.chunk)])
 
     def input_probes(self, p: int, generator, distribution: str) -> torch.Tensor:
-        shape = (p, *self.x.shape)
-        if distribution == "gaussian":
-            v = torch.randn(shape, generator=generator, dtype=self.x.dtype)
-        else:
-            v = torch.randint(0, 2, shape, generator=generator).to(self.x.dtype).mul_(2).sub_(1)
-        return v.to(self.x.device)
+        """``p`` input-space probes (for ``forward``)."""
+        return _draw(p, self.x, generator, distribution)
 
     def apply(self, v: torch.Tensor):
         self.products += v.shape[0]
@@ -217,12 +213,19 @@ class _Operator:
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
     def probes(self, p: int, generator, distribution: str) -> torch.Tensor:
-        shape = (p, *self.y.shape)
-        if distribution == "gaussian":
-            v = torch.randn(shape, generator=generator, dtype=self.y.dtype)
-        else:
-            v = torch.randint(0, 2, shape, generator=generator).to(self.y.dtype).mul_(2).sub_(1)
-        return v.to(self.y.device)
+        """``p`` output-space probes (for ``apply``)."""
+        return _draw(p, self.y, generator, distribution)
+
+
+def _draw(p: int, like: torch.Tensor, generator, distribution: str) -> torch.Tensor:
+    """``p`` Gaussian or Rademacher vectors shaped, typed and placed like ``like``, drawn on the
+    CPU generator (so estimates reproduce on any device)."""
+    shape = (p, *like.shape)
+    if distribution == "gaussian":
+        v = torch.randn(shape, generator=generator, dtype=like.dtype)
+    else:
+        v = torch.randint(0, 2, shape, generator=generator).to(like.dtype).mul_(2).sub_(1)
+    return v.to(like.device)
 
 
 def _sq_norms(t: torch.Tensor) -> torch.Tensor:

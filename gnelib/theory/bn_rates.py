@@ -75,9 +75,12 @@ def bn_output_second_moment(activation: str, alpha: float, batch: int, centred: 
         val, _ = integrate.quad(lambda t: even(root * t) * (1 + t) ** a, 0.0, 1.0,
                                 weight="alg", wvar=(0.0, a), epsabs=1e-13, epsrel=1e-11)
         return float(2 * math.exp(log_norm) * val)
-    # in z = sqrt(m) t, the density (1 - z^2/m)^a / sqrt(m) in log space (no overflow for large m)
-    top = min(root, 60.0)
-    val, _ = integrate.quad(lambda z: even(z) * math.exp(log_norm + a * math.log1p(-min(z * z / m, 1.0))
-                                                         - math.log(root)) if z < root else 0.0,
-                            0.0, top, epsabs=1e-13, epsrel=1e-11, limit=200)
+    # in z = sqrt(m) t the density is (1 - z^2/m)^a / sqrt(m), taken in log space (no overflow
+    # for large m; a >= 1/2 here, so it vanishes at z = sqrt(m)); beyond z = 60 it is negligible
+    def density(z):
+        with np.errstate(divide="ignore"):
+            return math.exp(log_norm + a * np.log1p(-z * z / m) - math.log(root))
+
+    val, _ = integrate.quad(lambda z: even(z) * density(z), 0.0, min(root, 60.0),
+                            epsabs=1e-13, epsrel=1e-11, limit=200)
     return float(2 * val)
