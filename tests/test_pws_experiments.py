@@ -299,3 +299,15 @@ def test_transmission_records_measure_the_two_parts_literally():
     for path in ("centred", "shift"):
         r = d[f"{path}_measured"] / d[path]
         assert abs(r.mean() - 1) < 4 * r.std(ddof=1) / math.sqrt(r.size)
+
+
+def test_gain_families_are_the_same_draws_rescaled():
+    """The chapter tests one family: the other's measured gains are the same draws times the
+    ratio of the arms' squared gains, exactly."""
+    from gnelib.runs.pws import init_gain_draws
+    d = init_gain_draws(8, 4, 16, 2, arms=("centre", "wn"))
+    for arm in ("centre", "wn"):
+        c = (arm_gain(arm, "decaying") / arm_gain(arm, "preserving")) ** 2
+        np.testing.assert_allclose(d["decaying", arm]["q"][:, 1:] / d["decaying", arm]["q"][:, :-1],
+                                   c * d["preserving", arm]["q"][:, 1:] / d["preserving", arm]["q"][:, :-1],
+                                   rtol=1e-5)
