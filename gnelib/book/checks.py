@@ -506,7 +506,7 @@ def bootstrap_se(values, stat=np.mean, n_boot: int = 2000, seed: int = 0) -> flo
 
 def jackknife(values, stat) -> tuple[float, float]:
     """Leave-one-out jackknife of a smooth statistic of the draws (rows, axis 0) of ``values``
-    (Efron & Stein): ``(estimate, se)``, the bias-corrected estimate
+    (Quenouille; Tukey): ``(estimate, se)``, the bias-corrected estimate
     :math:`S\\hat\\theta-(S-1)\\bar\\theta_{(\\cdot)}` (its O(1/S) bias removed, e.g. that of a
     ratio of means) and :math:`\\sqrt{\\tfrac{S-1}S\\sum_i(\\hat\\theta_{(i)}-\\bar\\theta_{(\\cdot)})^2}`.
     ``stat`` maps an array of draws to a number."""
